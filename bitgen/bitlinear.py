@@ -7,7 +7,7 @@ Docs: https://bitgen-ai.github.io/bitgen/bitlinear.html.md"""
 # %% auto #0
 __all__ = ['BitLinear', 'make_linear', 'bitlinearize', 'PackedBitLinear', 'max_rel_err', 'pack_bitlinears']
 
-# %% ../nbs/01_bitlinear.ipynb #de1f49dc
+# %% ../nbs/01_bitlinear.ipynb #aac76c90
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -15,7 +15,7 @@ from torch import Tensor
 from fastcore.basics import patch
 from .quant import fake_act_quant, fake_ternary, act_quant, ternary_quant, pack_ternary, unpack_ternary, packed_numel
 
-# %% ../nbs/01_bitlinear.ipynb #a5aa9ce5
+# %% ../nbs/01_bitlinear.ipynb #48a120b9
 class BitLinear(nn.Linear):
     "BitNet b1.58 linear layer: `linear(act_quant(RMSNorm(x)), ternary(W)) + b` on latent weights, with STE gradients"
     def __init__(self, in_features:int, # Size of each input sample
@@ -29,14 +29,14 @@ class BitLinear(nn.Linear):
     def forward(self, x:Tensor) -> Tensor:
         return F.linear(fake_act_quant(self.norm(x)), fake_ternary(self.weight), self.bias)
 
-# %% ../nbs/01_bitlinear.ipynb #199e6bce
+# %% ../nbs/01_bitlinear.ipynb #34826cd9
 def make_linear(in_features:int, out_features:int, bias:bool=False,
                 bitnet:bool=True, # `BitLinear` if True, else a plain `nn.Linear`
                ) -> nn.Linear:
     "A `BitLinear` when `bitnet`, else an `nn.Linear` of the same shape"
     return (BitLinear if bitnet else nn.Linear)(in_features, out_features, bias=bias)
 
-# %% ../nbs/01_bitlinear.ipynb #10f7d36b
+# %% ../nbs/01_bitlinear.ipynb #4df48355
 def _skipped(name:str, skip) -> bool:
     return any(name == s or name.startswith(s + '.') or name.split('.')[-1] == s for s in skip)
 
@@ -56,7 +56,7 @@ def bitlinearize(module:nn.Module, # Module whose `nn.Linear` layers become `Bit
         setattr(module.get_submodule(parent) if parent else module, attr, new)
     return module
 
-# %% ../nbs/01_bitlinear.ipynb #63548cf8
+# %% ../nbs/01_bitlinear.ipynb #6c577e56
 class PackedBitLinear(nn.Module):
     "Inference-only BitLinear: packed ternary codes + one scale; int8 activations x ternary codes, rescaled once"
     def __init__(self, in_features:int, out_features:int, bias:bool=False,
@@ -101,19 +101,19 @@ class PackedBitLinear(nn.Module):
 
     def extra_repr(self): return f"in_features={self.in_features}, out_features={self.out_features}, fmt={self.fmt!r}"
 
-# %% ../nbs/01_bitlinear.ipynb #468680f1
+# %% ../nbs/01_bitlinear.ipynb #09c48cbe
 @patch
 @torch.no_grad()
 def to_packed(self:BitLinear, fmt:str='2bit') -> PackedBitLinear:
     "The packed inference form of this layer"
     return PackedBitLinear.from_bitlinear(self, fmt)
 
-# %% ../nbs/01_bitlinear.ipynb #4bd6dabc
+# %% ../nbs/01_bitlinear.ipynb #f11a3f21
 def max_rel_err(a:Tensor, b:Tensor) -> float:
     "max |a-b| / max |b|: a scale-free error that does not blow up on entries near zero"
     return ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
 
-# %% ../nbs/01_bitlinear.ipynb #2d46ff3b
+# %% ../nbs/01_bitlinear.ipynb #80ac9da2
 def pack_bitlinears(module:nn.Module, fmt:str='2bit') -> nn.Module:
     "Replace every `BitLinear` of `module` (in place) by its `PackedBitLinear`"
     for name, lin in list(module.named_modules()):

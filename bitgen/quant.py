@@ -7,12 +7,12 @@ Docs: https://bitgen-ai.github.io/bitgen/quant.html.md"""
 # %% auto #0
 __all__ = ['ternary_quant', 'act_quant', 'fake_ternary', 'fake_act_quant', 'packed_numel', 'pack_ternary', 'unpack_ternary']
 
-# %% ../nbs/00_quant.ipynb #a173e680
+# %% ../nbs/00_quant.ipynb #28ba152d
 import math
 import torch
 from torch import Tensor
 
-# %% ../nbs/00_quant.ipynb #618d1aa1
+# %% ../nbs/00_quant.ipynb #1cc8d9e1
 def _absmean(w:Tensor, eps:float=1e-5) -> Tensor:
     "The BitNet b1.58 weight scale: mean |w|, clamped at `eps`, as a 0-dim tensor"
     return w.abs().mean().clamp(min=eps)
@@ -25,7 +25,7 @@ def ternary_quant(w:Tensor, # Weight tensor of any shape
     codes = (w.detach() / g).round().clamp(-1, 1).to(torch.int8)
     return codes, g
 
-# %% ../nbs/00_quant.ipynb #7824bfce
+# %% ../nbs/00_quant.ipynb #3bd22a47
 def _absmax_scale(x:Tensor, eps:float=1e-5) -> Tensor:
     "Per-token int8 scale 127 / max|x| over the last dim, with the max clamped at `eps`"
     return 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp(min=eps)
@@ -38,22 +38,31 @@ def act_quant(x:Tensor, # Activations (..., features)
     codes = (x.detach() * s).round().clamp(-128, 127).to(torch.int8)
     return codes, s
 
-# %% ../nbs/00_quant.ipynb #8d53698d
-def _ste(x:Tensor, q:Tensor) -> Tensor:
-    "Forward `q`, backward identity to `x`"
-    return x + (q - x).detach()
+# %% ../nbs/00_quant.ipynb #a6ccecf8
+def _ternary_dq(w:Tensor, eps:float=1e-5) -> Tensor:
+    g = _absmean(w, eps)
+    return (w / g).round_().clamp_(-1, 1).mul_(g)
+
+def _act_dq(x:Tensor, eps:float=1e-5) -> Tensor:
+    s = _absmax_scale(x, eps)
+    return (x * s).round_().clamp_(-128, 127).div_(s)
+
+class _STE(torch.autograd.Function):
+    "Forward `q(x)`, backward identity (straight-through)"
+    @staticmethod
+    def forward(ctx, x, q, eps): return q(x.detach(), eps)
+    @staticmethod
+    def backward(ctx, grad): return grad, None, None
 
 def fake_ternary(w:Tensor, eps:float=1e-5) -> Tensor:
     "Dequantised ternary weight `RoundClip(w/g,-1,1)*g` with a straight-through (identity) gradient"
-    g = _absmean(w.detach(), eps)
-    return _ste(w, (w.detach() / g).round().clamp(-1, 1) * g)
+    return _STE.apply(w, _ternary_dq, eps)
 
 def fake_act_quant(x:Tensor, eps:float=1e-5) -> Tensor:
     "Dequantised per-token int8 activations `clamp(round(x*s),-128,127)/s` with a straight-through gradient"
-    s = _absmax_scale(x.detach(), eps)
-    return _ste(x, (x.detach() * s).round().clamp(-128, 127) / s)
+    return _STE.apply(x, _act_dq, eps)
 
-# %% ../nbs/00_quant.ipynb #f33b2d78
+# %% ../nbs/00_quant.ipynb #0b267585
 _PACK = {'2bit': 4, 'base3': 5}  # codes per byte
 
 def _check_fmt(fmt):
