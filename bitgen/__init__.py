@@ -1,1 +1,9 @@
+"""BitGen: a tiny 1.58-bit (BitNet b1.58) vision-language model for edge devices
+
+Modules:
+
+- `bitgen.decoder`: A causal BitNet decoder with cross-attention to a context (fused image tokens and memory read-out), an LM head tied to the token embedding, and greedy generation.
+- `bitgen.encoder`: BitNet b1.58 attention and feed-forward layers with SubLN, pre-norm blocks with a cross-attention hook, and the bidirectional text encoder whose CLS row is the pooled text vector.
+- `bitgen.fusion`: Fusion in the backbone: gated cross-attention between the top text blocks and image-side blocks, off for contrast, on for matching, and identical to the unimodal model at initialisation."""
+
 __version__ = "0.0.1"
