@@ -6,6 +6,7 @@ Modules:
 - `bitgen.decoder`: A causal BitNet decoder with cross-attention to a context (fused image tokens and memory read-out), an LM head tied to the token embedding, and greedy generation.
 - `bitgen.encoder`: BitNet b1.58 attention and feed-forward layers with SubLN, pre-norm blocks with a cross-attention hook, and the bidirectional text encoder whose CLS row is the pooled text vector.
 - `bitgen.eval`: Image-text retrieval Recall@K over a whole split (every caption of every image), its chance level, two figures, and the `bitgen-eval` command.
+- `bitgen.export`: One packed safetensors file per model: ternary weights at 1.6 or 2 bits, the rest in fp16 (token embedding optionally int8), a CPU loader that runs inference from that file alone, size reports, latency, and two command-line tools.
 - `bitgen.fusion`: Fusion in the backbone: gated cross-attention between the top text blocks and image-side blocks, off for contrast, on for matching, and identical to the unimodal model at initialisation.
 - `bitgen.memory`: Generative parametric memory (GPM): write an episode into K slots by least squares, read it back through noisy addresses, and a KL term that keeps the addresses close to their N(0, I) prior.
 - `bitgen.vision`: DINOv2 from Hugging Face, fed `ToTensor()` images in [0, 1]: ImageNet normalisation inside the model (exactly once), CLS + patch tokens, and a full-precision projection to the text model's width."""

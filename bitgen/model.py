@@ -8,7 +8,7 @@ Docs: https://bitgen-ai.github.io/bitgen/model.html.md"""
 __all__ = ['BitGenConfig', 'tiny_config', 'BitGenOutput', 'BitGenPreTrainedModel', 'BitGenModel', 'parameter_counts',
            'recon_only_params', 'overfit_batch']
 
-# %% ../nbs/08_model.ipynb #108de52e
+# %% ../nbs/08_model.ipynb #f8c8e60f
 from dataclasses import dataclass
 import math
 import torch
@@ -27,7 +27,7 @@ from .fusion import FIBERFusion, GatedCrossAttention, fused_encode
 from .memory import GPM
 from .losses import Stage1Loss, FeatureQueue, sample_hard_negatives, itm_loss, recon_inputs_targets
 
-# %% ../nbs/08_model.ipynb #bebd3f1e
+# %% ../nbs/08_model.ipynb #2b912d1c
 class BitGenConfig(PretrainedConfig):
     "Configuration of `BitGenModel`; the defaults are the BitGen Stage-1 model card"
     model_type = "bitgen"
@@ -71,7 +71,7 @@ class BitGenConfig(PretrainedConfig):
             if getattr(self, n) < 0: raise ValueError(f"{n} must be >= 0, got {getattr(self, n)}")
         super().__post_init__(**kwargs)
 
-# %% ../nbs/08_model.ipynb #454eb92e
+# %% ../nbs/08_model.ipynb #37e04ccc
 def tiny_config(**kwargs) -> BitGenConfig:
     "A tiny `BitGenConfig` (CPU tests and demos run in seconds); `kwargs` override any field"
     vc = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=14,
@@ -81,7 +81,7 @@ def tiny_config(**kwargs) -> BitGenConfig:
              eos_token_id=2)
     return BitGenConfig(**{**d, **kwargs})
 
-# %% ../nbs/08_model.ipynb #2c988148
+# %% ../nbs/08_model.ipynb #4593eccd
 @dataclass
 class BitGenOutput(ModelOutput):
     "Outputs of `BitGenModel`; fields not computed by a call are None"
@@ -95,7 +95,7 @@ class BitGenOutput(ModelOutput):
     itm_logits: Tensor|None = None # [3B, 2] ITM head on (positives, caption/negative image, negative caption/image)
     temperature: Tensor|None = None # The contrastive temperature in use
 
-# %% ../nbs/08_model.ipynb #9408abca
+# %% ../nbs/08_model.ipynb #72498f0c
 class BitGenPreTrainedModel(PreTrainedModel):
     "Hugging Face plumbing: config class, weight init, safetensors save/load"
     config_class = BitGenConfig
@@ -115,7 +115,7 @@ class BitGenPreTrainedModel(PreTrainedModel):
         elif isinstance(module, VisionTower): module.init_buffers()             # non-persistent ImageNet mean/std
         elif isinstance(module, GPM): module.reset_parameters()
 
-# %% ../nbs/08_model.ipynb #29001939
+# %% ../nbs/08_model.ipynb #9b48efd8
 class BitGenModel(BitGenPreTrainedModel):
     "BitGen Stage 1: BitNet text encoder/decoder, DINOv2 vision tower, FIBER fusion, Larimar memory, Stage-1 losses"
     def __init__(self, config:BitGenConfig):
@@ -177,7 +177,7 @@ class BitGenModel(BitGenPreTrainedModel):
         "L2-normalised contrastive image features [B, projection_dim] of `ToTensor()` images (unimodal pass)"
         return self._image_feats(self._image_stream(self.vision(images)))
 
-# %% ../nbs/08_model.ipynb #e0525acf
+# %% ../nbs/08_model.ipynb #67d65e3b
 def _pad_to(x:Tensor, L:int, value) -> Tensor: return F.pad(x, (0, L - x.shape[1]), value=value)
 
 class _Negatives:
@@ -205,7 +205,7 @@ def _enqueue(model, txt, img, image_ids, input_ids, attention_mask, img_tokens):
                      attention_mask=_pad_to(attention_mask, L, 0).bool(), image_tokens=img_tokens.half())
     model.loss_fn.queue.enqueue(text_feats=txt, image_feats=img, image_ids=image_ids, **extra)
 
-# %% ../nbs/08_model.ipynb #394868bc
+# %% ../nbs/08_model.ipynb #b2d38d08
 @patch
 def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids):
     "All four Stage-1 terms for one batch; returns (total, terms, text feats, image feats, ITM logits)"
@@ -226,8 +226,8 @@ def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids)
     nt, ni = fused_encode(self.encoder, self.fusion, neg_ids, neg_mask, img_tokens, fuse=True)
     itm_logits = self.itm_head(torch.cat([torch.cat([ft[:, 0], nt[:, 0]]), torch.cat([fi[:, 0], ni[:, 0]])], -1))
     terms = dict(itc=itc, itm=itm_loss(itm_logits, B))
-    # memory: the fused CLS of the positive pairs is one episode, written then read back
-    z_read, terms['kl'], _ = self.memory(ft[:B, 0])
+    # memory: the (L2-normalised) fused CLS of the positive pairs is one episode, written then read back
+    z_read, terms['kl'], _ = self.memory(F.normalize(ft[:B, 0], dim=-1))
     if c.recon_weight > 0:   # decoder on [memory read-out ; fused text ; fused image]
         dec_in, dec_mask, tgt = recon_inputs_targets(input_ids, attention_mask, c.bos_token_id, c.eos_token_id)
         ctx = torch.cat([z_read[:, None], ft[:B], fi[:B]], 1)
@@ -238,7 +238,7 @@ def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids)
     if self.training: _enqueue(self, txt, img, image_ids, input_ids, attention_mask, img_tokens)   # after the loss
     return total, terms, txt, img, txt_h, img_h, itm_logits
 
-# %% ../nbs/08_model.ipynb #e2b48a94
+# %% ../nbs/08_model.ipynb #ce0e049a
 @patch
 def forward(self:BitGenModel,
              input_ids:Tensor|None=None, # [B, L] token ids
@@ -277,7 +277,7 @@ def forward(self:BitGenModel,
 AutoConfig.register("bitgen", BitGenConfig)
 AutoModel.register(BitGenConfig, BitGenModel)
 
-# %% ../nbs/08_model.ipynb #55c52071
+# %% ../nbs/08_model.ipynb #da8612d0
 def parameter_counts(model:BitGenModel) -> dict:
     "Parameters per part (shared tensors counted once), with the text-side and total sums"
     seen, res = set(), {}
@@ -289,12 +289,12 @@ def parameter_counts(model:BitGenModel) -> dict:
     res['total'] = res['text side'] + res['vision (DINOv2 + projection)']
     return res
 
-# %% ../nbs/08_model.ipynb #3446a044
+# %% ../nbs/08_model.ipynb #c67146cc
 def recon_only_params(model:BitGenModel) -> list:
     "Names of the parameters that only the reconstruction loss trains (the decoder's own, not the tied embedding)"
     return [n for n, _ in model.named_parameters() if n.startswith('decoder.')]
 
-# %% ../nbs/08_model.ipynb #b6377e49
+# %% ../nbs/08_model.ipynb #df0bf304
 def overfit_batch(model:BitGenModel, ids, mask, imgs, image_ids, steps:int=200, lr:float=2e-3) -> list:
     "Train `model` on one fixed batch for `steps` AdamW steps; return the per-step terms and temperature (a sanity check)"
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -306,7 +306,7 @@ def overfit_batch(model:BitGenModel, ids, mask, imgs, image_ids, steps:int=200, 
         hist.append({**{k: v.item() for k, v in out.losses.items()}, 'temp': out.temperature.item()})
     return hist
 
-# %% ../nbs/08_model.ipynb #58dc2746
+# %% ../nbs/08_model.ipynb #0283c467
 def _ddp_step_worker(rank, world, port, out_dir):
     "Test worker: one DDP training step of a tiny model on this rank's half batch; saves the queue"
     import os
