@@ -9,7 +9,7 @@ __all__ = ['Stage1Adapter', 'stage1_loss', 'unwrap', 'RetrievalRecall', 'stage1_
            'NonFiniteLossCallback', 'atomic_save_dir', 'find_checkpoint', 'CheckpointCallback', 'stage1_learner',
            'stage1_schedule', 'demo_config', 'bitgen_train']
 
-# %% ../nbs/11_learner.ipynb #fe59e72b
+# %% ../nbs/11_learner.ipynb #14f6d8b3
 import json, math, os, random, shutil, warnings
 from pathlib import Path
 import numpy as np
@@ -30,7 +30,7 @@ from .model import BitGenConfig, BitGenModel
 from .data import shapes_dls, coco_dls
 from .eval import retrieval_recall
 
-# %% ../nbs/11_learner.ipynb #3ac097b7
+# %% ../nbs/11_learner.ipynb #3553f905
 class Stage1Adapter(nn.Module):
     "Calls a `BitGenModel` on a fastai batch `(images, input_ids, attention_mask, image_ids)` with `return_loss=True`"
     def __init__(self, model:BitGenModel):
@@ -49,7 +49,7 @@ def unwrap(model:nn.Module) -> BitGenModel:
     model = getattr(model, 'module', model)
     return getattr(model, 'bitgen', model)
 
-# %% ../nbs/11_learner.ipynb #dd089c06
+# %% ../nbs/11_learner.ipynb #c2051729
 def _term(k):
     def f(out, *yb): return out['losses'][k]
     f.__name__ = k
@@ -99,15 +99,15 @@ def stage1_metrics(retrieval:bool=True) -> list:
     if retrieval: ms += [RetrievalRecall(f"{d}_r{k}") for d in ('i2t', 't2i') for k in (1, 5, 10)]
     return ms
 
-# %% ../nbs/11_learner.ipynb #0198a292
+# %% ../nbs/11_learner.ipynb #b16f3aaf
 class NoDecayCallback(Callback):
     "No weight decay for parameters with fewer than 2 dimensions (norm gains, biases, temperature, gates)"
     order = 0
     def before_fit(self):
         for p in self.learn.model.parameters():
-            if p.ndim < 2: self.learn.opt.state[p]['do_wd'] = False
+            if p.requires_grad and p.ndim < 2: self.learn.opt.state[p]['do_wd'] = False
 
-# %% ../nbs/11_learner.ipynb #611588fe
+# %% ../nbs/11_learner.ipynb #6919d7ad
 class NonFiniteLossCallback(Callback):
     "Skip batches whose loss is NaN/inf; stop training after `max_consecutive` in a row"
     order, run_valid = -5, False
@@ -123,7 +123,7 @@ class NonFiniteLossCallback(Callback):
             raise CancelFitException()
         raise CancelBatchException()
 
-# %% ../nbs/11_learner.ipynb #06321d77
+# %% ../nbs/11_learner.ipynb #09820547
 def atomic_save_dir(write, dest) -> Path:
     "Call `write(tmp_dir)`, then swap `tmp_dir` in as `dest` by renames: `dest` is always absent-or-complete"
     dest = Path(dest); tmp, old = dest.with_name(dest.name + '.tmp'), dest.with_name(dest.name + '.old')
@@ -142,7 +142,7 @@ def find_checkpoint(path) -> Path:
         if (p/'config.json').exists() and (p/'model.safetensors').exists(): return p
     raise ValueError(f"no complete checkpoint at {path} (looked for config.json and model.safetensors)")
 
-# %% ../nbs/11_learner.ipynb #066f5cef
+# %% ../nbs/11_learner.ipynb #79bf00a5
 def _rng_state(learn) -> tuple:
     dl = learn.dls.train
     tensors = {'torch': torch.get_rng_state()}
@@ -168,7 +168,7 @@ class CheckpointCallback(TrackerCallback):
     "Atomic `save_pretrained` checkpoints `latest/` (every epoch) and `best/` (on improvement), with the training state"
     order = TrackerCallback.order - 1   # before EarlyStoppingCallback, which may end the fit in the same after_epoch
     def __init__(self, monitor='valid_loss', push_to_hub:str|None=None):
-        super().__init__(monitor=monitor); self.push_to_hub, self.resume_state = push_to_hub, None
+        super().__init__(monitor=monitor); self.hub_repo, self.resume_state = push_to_hub, None
 
     @property
     def dir(self) -> Path: return Path(self.learn.path)/self.learn.model_dir
@@ -200,13 +200,13 @@ class CheckpointCallback(TrackerCallback):
         super().after_epoch()
         latest = self._save('latest')
         if self.new_best: self._save('best')
-        if self.push_to_hub:
+        if self.hub_repo:
             from huggingface_hub import upload_folder
             epoch = self.epoch + getattr(self.learn, 'epoch_offset', 0)
-            upload_folder(repo_id=self.push_to_hub, folder_path=latest, commit_message=f"epoch {epoch}",
+            upload_folder(repo_id=self.hub_repo, folder_path=latest, commit_message=f"epoch {epoch}",
                           ignore_patterns=['training_state.*'])
 
-# %% ../nbs/11_learner.ipynb #c66cfb14
+# %% ../nbs/11_learner.ipynb #0d1f08c6
 def stage1_learner(dls, # fastai DataLoaders from `coco_dls` / `shapes_dls` (batches of image, ids, mask, image ids)
                    config:BitGenConfig|None=None, # Model config (default: the card's, sized to the tokenizer)
                    model:BitGenModel|None=None, # An existing model (then `config` and overrides must be absent)
@@ -272,7 +272,7 @@ def _load_training_state(learn, ckpt:Path):
     learn.start_epoch = js['epoch'] + 1
     [cb for cb in learn.cbs if isinstance(cb, CheckpointCallback)][0].resume_state = js
 
-# %% ../nbs/11_learner.ipynb #cbdaf9b1
+# %% ../nbs/11_learner.ipynb #fe7d9621
 def stage1_schedule(n_opt_steps:int, lr:float, warmup_steps:int=1000, final_lr_frac:float=0.1):
     "Linear warmup over `warmup_steps` then cosine to `final_lr_frac*lr`, as a function of training progress in [0,1]"
     if warmup_steps == 0: return SchedCos(lr, lr * final_lr_frac)
@@ -295,17 +295,17 @@ def fit_stage1(self:Learner, n_epoch:int, # Total epochs of the run (a resumed r
     try: self.fit(n_epoch - start, lr, cbs=[sched, *(cbs or [])])
     finally: self.start_epoch = self.epoch_offset = 0
 
-# %% ../nbs/11_learner.ipynb #b49def47
+# %% ../nbs/11_learner.ipynb #7006ed08
 def demo_config(vocab_size:int, **kwargs) -> BitGenConfig:
-    "The card's text model with a small DINOv2 (4 layers, width 96, 8 px patches at 64 px) for CPU demos"
+    "The card's text model with a small DINOv2 (4 layers, width 96, 8 px patches at 64 px), batch-only contrast, for CPU demos"
     from transformers import Dinov2Config
     vc = Dinov2Config(hidden_size=96, num_hidden_layers=4, num_attention_heads=3, intermediate_size=384, patch_size=8,
                       image_size=64)
-    d = dict(vocab_size=vocab_size, max_position_embeddings=32, vision_config=vc, queue_size=1024, pad_token_id=0,
-             bos_token_id=0, eos_token_id=0)
+    d = dict(vocab_size=vocab_size, max_position_embeddings=32, vision_config=vc, queue_size=0, temperature=0.1,
+             pad_token_id=0, bos_token_id=0, eos_token_id=0)
     return BitGenConfig(**{**d, **kwargs})
 
-# %% ../nbs/11_learner.ipynb #5545cff4
+# %% ../nbs/11_learner.ipynb #1f99bfe1
 @call_parse
 def bitgen_train(
     demo:bool=False, # Train on the embedded shapes data (no downloads)
@@ -313,9 +313,9 @@ def bitgen_train(
     valid_ann:str=None, valid_images:str=None, # COCO-format validation captions json and image folder
     tokenizer:str='gpt2', # Tokenizer name or local folder (demo: the shapes tokenizer)
     out:str='bitgen-run', # Output folder: models/{latest,best}, loss plot, metrics
-    epochs:int=None, # Epochs (default: 30 for COCO, 6 for the demo)
+    epochs:int=None, # Epochs (default: 30 for COCO, 8 for the demo)
     bs:int=None, # Micro-batch size (default: 128 for COCO, 32 for the demo)
-    accum:int=2, # Gradient accumulation steps
+    accum:int=None, # Gradient accumulation steps (default: 2; demo: 1)
     lr:float=2e-4, # Peak learning rate (demo default: 2e-3)
     wd:float=0.02, # Weight decay
     clip:float=1.0, # Gradient clipping norm
@@ -325,7 +325,8 @@ def bitgen_train(
     max_length:int=256, # Caption truncation in tokens
     tiny:bool=False, # A tiny model (smoke tests)
     vision_weights:str=None, # DINOv2 weights to start from (Hub name or folder)
-    queue_size:int=None, # Override the contrastive queue size
+    queue_size:int=None, # Override the contrastive queue size (0: batch-only contrast)
+    temperature:float=None, # Override the initial contrastive temperature
     resume:str=None, # Resume from a checkpoint folder (e.g. OUT/models/latest)
     push_to_hub:str=None, # Hub repo id to push the latest checkpoint to after each epoch
     num_workers:int=0, # DataLoader workers
@@ -335,19 +336,21 @@ def bitgen_train(
     "Train BitGen Stage 1 with the model card's recipe"
     torch.manual_seed(seed); random.seed(seed); np.random.seed(seed)
     if demo:
-        epochs, bs, img_size = epochs or 6, bs or 32, img_size or 64
+        epochs, bs, img_size, accum = epochs or 8, bs or 32, img_size or 64, accum or 1
         lr, warmup = (2e-3 if lr == 2e-4 else lr), (20 if warmup is None else warmup)
         dls = shapes_dls(n_train=n_train, n_valid=n_valid, img_size=img_size, bs=bs, seed=seed, num_workers=num_workers)
     else:
         if not all((train_ann, train_images, valid_ann, valid_images)):
             raise ValueError("give --demo, or all of --train-ann --train-images --valid-ann --valid-images")
         epochs, bs, img_size, warmup = epochs or 30, bs or 128, img_size or 224, 1000 if warmup is None else warmup
+        accum = accum or 2
         dls = coco_dls(train_ann, train_images, valid_ann, valid_images, tokenizer=tokenizer, bs=bs, img_size=img_size,
                        max_length=max_length, num_workers=num_workers, seed=seed)
     tok = dls.tokenizer
     kw = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id or tok.eos_token_id,
               eos_token_id=tok.eos_token_id)
     if queue_size is not None: kw['queue_size'] = queue_size
+    if temperature is not None: kw['temperature'] = temperature
     if tiny:
         from bitgen.model import tiny_config
         config = tiny_config(**kw)

@@ -8,7 +8,7 @@ Docs: https://bitgen-ai.github.io/bitgen/losses.html.md"""
 __all__ = ['all_gather_rows', 'FeatureQueue', 'positive_targets', 'itc_loss', 'sample_hard_negatives', 'itm_loss',
            'recon_inputs_targets', 'recon_loss', 'Stage1Loss']
 
-# %% ../nbs/07_losses.ipynb #3ea4e1b6
+# %% ../nbs/07_losses.ipynb #67329e33
 import math
 import torch
 import torch.nn as nn
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from torch import Tensor
 
-# %% ../nbs/07_losses.ipynb #9a7c7f3d
+# %% ../nbs/07_losses.ipynb #b7408c14
 def all_gather_rows(x:Tensor) -> Tensor:
     "Concatenate `x` (rows on dim 0) from every rank in rank order; identity without torch.distributed"
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return x
@@ -30,7 +30,7 @@ def all_gather_rows(x:Tensor) -> Tensor:
     dist.all_gather(out, xp.contiguous())
     return torch.cat([o[:int(k.item())] for o, k in zip(out, ns)])
 
-# %% ../nbs/07_losses.ipynb #9551e9fb
+# %% ../nbs/07_losses.ipynb #198ccddd
 class FeatureQueue(nn.Module):
     "Ring buffer of named per-sample tensors (features, ids, ...), shared by all DDP ranks, excluded from the weights"
     def __init__(self, size:int): # Number of rows kept (any positive size)
@@ -79,7 +79,7 @@ class FeatureQueue(nn.Module):
 
     def extra_repr(self): return f"size={self.size}, filled={len(self)}, keys={self.keys}"
 
-# %% ../nbs/07_losses.ipynb #bee70066
+# %% ../nbs/07_losses.ipynb #e02ffdc0
 def positive_targets(row_ids:Tensor, col_ids:Tensor) -> Tensor:
     "Soft targets: uniform over the columns with the same image id as each row"
     pos = (row_ids[:, None] == col_ids[None, :]).float()
@@ -90,19 +90,23 @@ def itc_loss(txt:Tensor, # [B, E] L2-normalised text features
              image_ids:Tensor, # [B] image id of each pair
              temp:Tensor|float, # Temperature tau
              queue:FeatureQueue|None=None, # Earlier batches' `text_feats`, `image_feats`, `image_ids`
+             txt_keys:Tensor|None=None, # [B, E] in-batch text keys (e.g. from a momentum model); default `txt`
+             img_keys:Tensor|None=None, # [B, E] in-batch image keys; default `img`
             ) -> tuple: # (loss, sim_t2i [B, B+Q], sim_i2t [B, B+Q], ids_all [B+Q])
-    "Symmetric InfoNCE of the batch against [batch ; queue], every same-image entry a positive"
-    img_all, txt_all, ids_all = img, txt, image_ids
+    "Symmetric InfoNCE of the batch against [batch keys ; queue], every same-image entry a positive"
+    img_all = img if img_keys is None else img_keys
+    txt_all = txt if txt_keys is None else txt_keys
+    ids_all = image_ids
     if queue is not None and len(queue):
-        img_all = torch.cat([img, queue['image_feats'].to(img.dtype)])
-        txt_all = torch.cat([txt, queue['text_feats'].to(txt.dtype)])
+        img_all = torch.cat([img_all, queue['image_feats'].to(img.dtype)])
+        txt_all = torch.cat([txt_all, queue['text_feats'].to(txt.dtype)])
         ids_all = torch.cat([image_ids, queue['image_ids']])
     sim_t2i, sim_i2t = txt @ img_all.t() / temp, img @ txt_all.t() / temp
     y = positive_targets(image_ids, ids_all)
     loss = (F.cross_entropy(sim_t2i.float(), y) + F.cross_entropy(sim_i2t.float(), y)) / 2
     return loss, sim_t2i, sim_i2t, ids_all
 
-# %% ../nbs/07_losses.ipynb #41939570
+# %% ../nbs/07_losses.ipynb #4558f594
 @torch.no_grad()
 def sample_hard_negatives(sim:Tensor, # [N, M] similarities of N rows to M candidates
                           row_ids:Tensor, # [N] image id of each row
@@ -118,7 +122,7 @@ def sample_hard_negatives(sim:Tensor, # [N, M] similarities of N rows to M candi
     w = (F.softmax(sim.float(), dim=1) + eps) * other
     return torch.multinomial(w, 1, generator=generator).squeeze(1)
 
-# %% ../nbs/07_losses.ipynb #c10c2b77
+# %% ../nbs/07_losses.ipynb #17249a51
 def itm_loss(logits:Tensor, # [n_pos + n_neg, 2] ITM head outputs, positives first
              n_pos:int, # Number of positive pairs at the top of `logits`
             ) -> Tensor:
@@ -127,7 +131,7 @@ def itm_loss(logits:Tensor, # [n_pos + n_neg, 2] ITM head outputs, positives fir
     labels[:n_pos] = 1
     return F.cross_entropy(logits.float(), labels)
 
-# %% ../nbs/07_losses.ipynb #497db0a5
+# %% ../nbs/07_losses.ipynb #664cbbd1
 def recon_inputs_targets(input_ids:Tensor, # [B, L] caption ids
                          attention_mask:Tensor, # [B, L] 1 for real tokens
                          bos_token_id:int, # Start token of the decoder input
@@ -152,7 +156,7 @@ def recon_loss(logits:Tensor, # [B, L, V] decoder logits
     "Token-level cross-entropy with label smoothing, ignoring -100 targets"
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, label_smoothing=label_smoothing)
 
-# %% ../nbs/07_losses.ipynb #e3de5e95
+# %% ../nbs/07_losses.ipynb #93206f82
 class Stage1Loss(nn.Module):
     "The weighted sum of the Stage-1 terms; owns the learnable temperature and the feature queue"
     def __init__(self, queue_size:int=4096, # Rows in the feature queue (0: batch-only contrast)
@@ -171,7 +175,8 @@ class Stage1Loss(nn.Module):
     @property
     def temp(self) -> Tensor: return self.log_temp.exp().clamp(*self.temp_range)
 
-    def itc(self, txt, img, image_ids): return itc_loss(txt, img, image_ids, self.temp, self.queue)
+    def itc(self, txt, img, image_ids, txt_keys=None, img_keys=None):
+        return itc_loss(txt, img, image_ids, self.temp, self.queue, txt_keys, img_keys)
     def recon(self, logits, targets): return recon_loss(logits, targets, self.label_smoothing)
 
     def forward(self, **terms:Tensor) -> tuple: # (total, {name: detached term})
@@ -182,7 +187,7 @@ class Stage1Loss(nn.Module):
         total = sum(self.weights[k] * v for k, v in terms.items())
         return total, {k: terms.get(k, ref.new_zeros(())).detach() for k in self.weights}
 
-# %% ../nbs/07_losses.ipynb #805f1aa2
+# %% ../nbs/07_losses.ipynb #2879fb8c
 def _ddp_queue_worker(rank, world, port, out_dir):
     "Test worker: one rank of a gloo group enqueues its own rows and saves its queue"
     import os

@@ -8,9 +8,9 @@ Docs: https://bitgen-ai.github.io/bitgen/model.html.md"""
 __all__ = ['BitGenConfig', 'tiny_config', 'BitGenOutput', 'BitGenPreTrainedModel', 'BitGenModel', 'parameter_counts',
            'recon_only_params', 'overfit_batch']
 
-# %% ../nbs/08_model.ipynb #f8c8e60f
+# %% ../nbs/08_model.ipynb #7892cc6a
 from dataclasses import dataclass
-import math
+import copy, math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from .fusion import FIBERFusion, GatedCrossAttention, fused_encode
 from .memory import GPM
 from .losses import Stage1Loss, FeatureQueue, sample_hard_negatives, itm_loss, recon_inputs_targets
 
-# %% ../nbs/08_model.ipynb #2b912d1c
+# %% ../nbs/08_model.ipynb #9e2baaff
 class BitGenConfig(PretrainedConfig):
     "Configuration of `BitGenModel`; the defaults are the BitGen Stage-1 model card"
     model_type = "bitgen"
@@ -50,6 +50,7 @@ class BitGenConfig(PretrainedConfig):
     kl_weight: float = 0.1 # Weight of the memory KL
     label_smoothing: float = 0.1 # Of the reconstruction loss
     itm_queue_negatives: bool = True # Draw ITM hard negatives from the queue too (it then keeps tokens)
+    momentum: float = 0.995 # EMA rate of the momentum towers whose features fill the queue (0: online features)
     bitnet: bool = True # BitLinear (1.58-bit) transformer linears; False: the nn.Linear baseline
     bitnet_vision: bool = False # Also make the vision tower's linears BitLinear (fully ternary build)
     vision_config: dict | Dinov2Config | None = None # DINOv2 backbone shape; None: DINOv2-small
@@ -69,9 +70,10 @@ class BitGenConfig(PretrainedConfig):
             raise ValueError(f"num_fusion_layers={self.num_fusion_layers} must be in [0, num_encoder_layers={self.num_encoder_layers}]")
         for n in ('itc_weight', 'itm_weight', 'recon_weight', 'kl_weight', 'queue_size'):
             if getattr(self, n) < 0: raise ValueError(f"{n} must be >= 0, got {getattr(self, n)}")
+        if not 0 <= self.momentum < 1: raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         super().__post_init__(**kwargs)
 
-# %% ../nbs/08_model.ipynb #37e04ccc
+# %% ../nbs/08_model.ipynb #f3b5f82d
 def tiny_config(**kwargs) -> BitGenConfig:
     "A tiny `BitGenConfig` (CPU tests and demos run in seconds); `kwargs` override any field"
     vc = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=14,
@@ -81,7 +83,7 @@ def tiny_config(**kwargs) -> BitGenConfig:
              eos_token_id=2)
     return BitGenConfig(**{**d, **kwargs})
 
-# %% ../nbs/08_model.ipynb #4593eccd
+# %% ../nbs/08_model.ipynb #9cbd40c5
 @dataclass
 class BitGenOutput(ModelOutput):
     "Outputs of `BitGenModel`; fields not computed by a call are None"
@@ -95,7 +97,7 @@ class BitGenOutput(ModelOutput):
     itm_logits: Tensor|None = None # [3B, 2] ITM head on (positives, caption/negative image, negative caption/image)
     temperature: Tensor|None = None # The contrastive temperature in use
 
-# %% ../nbs/08_model.ipynb #72498f0c
+# %% ../nbs/08_model.ipynb #15e5871a
 class BitGenPreTrainedModel(PreTrainedModel):
     "Hugging Face plumbing: config class, weight init, safetensors save/load"
     config_class = BitGenConfig
@@ -115,7 +117,7 @@ class BitGenPreTrainedModel(PreTrainedModel):
         elif isinstance(module, VisionTower): module.init_buffers()             # non-persistent ImageNet mean/std
         elif isinstance(module, GPM): module.reset_parameters()
 
-# %% ../nbs/08_model.ipynb #9b48efd8
+# %% ../nbs/08_model.ipynb #b5065868
 class BitGenModel(BitGenPreTrainedModel):
     "BitGen Stage 1: BitNet text encoder/decoder, DINOv2 vision tower, FIBER fusion, Larimar memory, Stage-1 losses"
     def __init__(self, config:BitGenConfig):
@@ -136,13 +138,18 @@ class BitGenModel(BitGenPreTrainedModel):
         self.loss_fn = Stage1Loss(c.queue_size, c.temperature, c.itc_weight, c.itm_weight, c.recon_weight, c.kl_weight,
                                   c.label_smoothing)
         self.post_init()
+        self.momentum_model = None
+        if c.queue_size > 0 and c.momentum > 0:   # EMA copies of the unimodal towers, never trained by gradients
+            self.momentum_model = nn.ModuleDict({k: copy.deepcopy(getattr(self, k)) for k in self._momentum_parts})
+            self.momentum_model.requires_grad_(False)
         self._set_trainable()
 
     def _set_trainable(self):
-        "Re-apply what must not train: DINOv2's unused mask token, and the backbone when `freeze_vision`"
+        "Re-apply what must not train: DINOv2's unused mask token, the momentum towers, the backbone when `freeze_vision`"
         emb = self.vision.backbone.embeddings
         if emb.mask_token is not None: emb.mask_token.requires_grad_(False)
         if self.config.freeze_vision: self.vision.backbone.requires_grad_(False)
+        if self.momentum_model is not None: self.momentum_model.requires_grad_(False)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -150,6 +157,25 @@ class BitGenModel(BitGenPreTrainedModel):
         model = super().from_pretrained(*args, **kwargs)
         model._set_trainable()
         return model
+
+    _momentum_parts = ('vision', 'encoder', 'fusion', 'text_proj', 'image_proj')
+
+    @torch.no_grad()
+    def update_momentum(self):
+        "EMA step of the momentum towers: `m <- momentum * m + (1 - momentum) * online` (one fused foreach kernel)"
+        if self.momentum_model is None: return
+        mp = [p for k in self._momentum_parts for p in self.momentum_model[k].parameters()]
+        op = [p for k in self._momentum_parts for p in getattr(self, k).parameters()]
+        torch._foreach_lerp_(mp, op, 1 - self.config.momentum)
+
+    @torch.no_grad()
+    def momentum_features(self, input_ids, attention_mask, images) -> tuple:
+        "L2-normalised text and image features of the momentum towers (the keys that fill the queue)"
+        m = self.momentum_model
+        txt = F.normalize(m['text_proj'](m['encoder'](input_ids, attention_mask)[:, 0]), dim=-1)
+        tok = m['vision'](images)
+        for blk in m['fusion'].image_blocks: tok = blk(tok)
+        return txt, F.normalize(m['image_proj'](m['fusion'].image_norm(tok)[:, 0]), dim=-1)
 
     def get_input_embeddings(self): return self.encoder.embed_tokens
     def get_output_embeddings(self): return self.decoder.lm_head
@@ -177,7 +203,7 @@ class BitGenModel(BitGenPreTrainedModel):
         "L2-normalised contrastive image features [B, projection_dim] of `ToTensor()` images (unimodal pass)"
         return self._image_feats(self._image_stream(self.vision(images)))
 
-# %% ../nbs/08_model.ipynb #67d65e3b
+# %% ../nbs/08_model.ipynb #0623d7d3
 def _pad_to(x:Tensor, L:int, value) -> Tensor: return F.pad(x, (0, L - x.shape[1]), value=value)
 
 class _Negatives:
@@ -205,7 +231,7 @@ def _enqueue(model, txt, img, image_ids, input_ids, attention_mask, img_tokens):
                      attention_mask=_pad_to(attention_mask, L, 0).bool(), image_tokens=img_tokens.half())
     model.loss_fn.queue.enqueue(text_feats=txt, image_feats=img, image_ids=image_ids, **extra)
 
-# %% ../nbs/08_model.ipynb #b2d38d08
+# %% ../nbs/08_model.ipynb #de5d1e5e
 @patch
 def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids):
     "All four Stage-1 terms for one batch; returns (total, terms, text feats, image feats, ITM logits)"
@@ -214,7 +240,11 @@ def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids)
     # unimodal pass (fusion off): ITC against [batch ; queue]
     txt_h, img_h = self.encoder(input_ids, attention_mask), self._image_stream(img_tokens)
     txt, img = self._text_feats(txt_h), self._image_feats(img_h)
-    itc, sim_t2i, sim_i2t, ids_all = self.loss_fn.itc(txt, img, image_ids)
+    txt_k, img_k = txt.detach(), img.detach()        # the keys compared against (and later queued)
+    if self.momentum_model is not None:
+        if self.training: self.update_momentum()
+        txt_k, img_k = self.momentum_features(input_ids, attention_mask, images)
+    itc, sim_t2i, sim_i2t, ids_all = self.loss_fn.itc(txt, img, image_ids, txt_k, img_k)
     if not c.itm_queue_negatives: sim_t2i, sim_i2t, ids_all = sim_t2i[:, :B], sim_i2t[:, :B], ids_all[:B]
     # hard negatives: an image for every caption, a caption for every image, never of the same image
     cand = _Negatives(self, input_ids, attention_mask, img_tokens, ids_all)
@@ -235,10 +265,10 @@ def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids)
                               attention_mask.new_ones(B, fi.shape[1])], 1)
         terms['recon'] = self.loss_fn.recon(self.decoder(dec_in, ctx, ctx_mask, dec_mask), tgt)
     total, terms = self.loss_fn(**terms)
-    if self.training: _enqueue(self, txt, img, image_ids, input_ids, attention_mask, img_tokens)   # after the loss
+    if self.training: _enqueue(self, txt_k, img_k, image_ids, input_ids, attention_mask, img_tokens)   # after the loss
     return total, terms, txt, img, txt_h, img_h, itm_logits
 
-# %% ../nbs/08_model.ipynb #ce0e049a
+# %% ../nbs/08_model.ipynb #00ca2f24
 @patch
 def forward(self:BitGenModel,
              input_ids:Tensor|None=None, # [B, L] token ids
@@ -277,24 +307,26 @@ def forward(self:BitGenModel,
 AutoConfig.register("bitgen", BitGenConfig)
 AutoModel.register(BitGenConfig, BitGenModel)
 
-# %% ../nbs/08_model.ipynb #da8612d0
+# %% ../nbs/08_model.ipynb #1e495ddd
 def parameter_counts(model:BitGenModel) -> dict:
-    "Parameters per part (shared tensors counted once), with the text-side and total sums"
+    "Parameters per part (shared tensors counted once), with the text-side and total sums; momentum towers apart"
     seen, res = set(), {}
     for name, mod in model.named_children():
-        n = sum(p.numel() for p in mod.parameters() if id(p) not in seen and not seen.add(id(p)))
-        res[name] = n
+        if name == 'momentum_model': continue
+        res[name] = sum(p.numel() for p in mod.parameters() if id(p) not in seen and not seen.add(id(p)))
     res['text side'] = sum(v for k, v in res.items() if k != 'vision')
     res['vision (DINOv2 + projection)'] = res.pop('vision')
     res['total'] = res['text side'] + res['vision (DINOv2 + projection)']
+    if model.momentum_model is not None:   # training-only EMA copies, not exported for inference
+        res['momentum towers (training only)'] = sum(p.numel() for p in model.momentum_model.parameters())
     return res
 
-# %% ../nbs/08_model.ipynb #c67146cc
+# %% ../nbs/08_model.ipynb #f82014e4
 def recon_only_params(model:BitGenModel) -> list:
     "Names of the parameters that only the reconstruction loss trains (the decoder's own, not the tied embedding)"
     return [n for n, _ in model.named_parameters() if n.startswith('decoder.')]
 
-# %% ../nbs/08_model.ipynb #df0bf304
+# %% ../nbs/08_model.ipynb #9c18f0e4
 def overfit_batch(model:BitGenModel, ids, mask, imgs, image_ids, steps:int=200, lr:float=2e-3) -> list:
     "Train `model` on one fixed batch for `steps` AdamW steps; return the per-step terms and temperature (a sanity check)"
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -306,7 +338,7 @@ def overfit_batch(model:BitGenModel, ids, mask, imgs, image_ids, steps:int=200, 
         hist.append({**{k: v.item() for k, v in out.losses.items()}, 'temp': out.temperature.item()})
     return hist
 
-# %% ../nbs/08_model.ipynb #0283c467
+# %% ../nbs/08_model.ipynb #881d7502
 def _ddp_step_worker(rank, world, port, out_dir):
     "Test worker: one DDP training step of a tiny model on this rank's half batch; saves the queue"
     import os
