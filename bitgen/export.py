@@ -9,7 +9,7 @@ Docs: https://bitgen-ai.github.io/bitgen/export.html.md"""
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'TEXT_PARTS', 'size_report', 'size_table', 'export_packed', 'load_packed',
            'median_latency', 'bitgen_export', 'bitgen_embed']
 
-# %% ../nbs/12_export.ipynb #413f3534
+# %% ../nbs/12_export.ipynb #a764f51f
 import hashlib, json, os, statistics, tempfile, time
 from pathlib import Path
 import numpy as np
@@ -25,7 +25,7 @@ from .bitlinear import BitLinear, PackedBitLinear
 from .model import BitGenConfig, BitGenModel
 from .data import load_tokenizer, read_rgb
 
-# %% ../nbs/12_export.ipynb #ddff918b
+# %% ../nbs/12_export.ipynb #87dc35c7
 FORMAT, FORMAT_VERSION = 'bitgen-packed', 1
 _DTYPES = {'fp16': torch.float16, 'fp32': torch.float32}
 
@@ -64,12 +64,13 @@ def _dedup(sd:dict) -> tuple[dict, dict]:
         else: seen[key] = k; out[k] = t
     return out, tied
 
-# %% ../nbs/12_export.ipynb #0ea77638
+# %% ../nbs/12_export.ipynb #a2aa616f
 TEXT_PARTS = ('embeddings', 'encoder', 'decoder', 'fusion', 'memory', 'heads')
 _TOP = dict(vision='vision', encoder='encoder', decoder='decoder', fusion='fusion', memory='memory')
 _ITEMSIZE = dict(BOOL=1, U8=1, I8=1, F16=2, BF16=2, I16=2, F32=4, I32=4, F64=8, I64=8)
 
 def _part(key:str) -> str:
+    if key.startswith('momentum_model.'): return 'momentum (training only)'   # EMA towers of a training checkpoint
     if key.startswith(('encoder.embed_', 'decoder.embed_', 'decoder.lm_head')): return 'embeddings'
     return _TOP.get(key.split('.')[0], 'heads')   # text_proj, image_proj, itm_head, loss_fn (temperature)
 
@@ -83,7 +84,7 @@ def size_report(path, # A packed file, or any safetensors file of a `BitGenModel
             s = f.get_slice(k)
             nb[k] = int(np.prod(s.get_shape(), dtype=np.int64)) * _ITEMSIZE[s.get_dtype()]
     rep = {p: 0 for p in (*TEXT_PARTS, 'vision')}
-    for k, b in nb.items(): rep[_part(k)] += b
+    for k, b in nb.items(): rep[_part(k)] = rep.get(_part(k), 0) + b
     rep['text side'] = sum(rep[p] for p in TEXT_PARTS)
     rep['file'] = os.path.getsize(path)
     rep['header'] = rep['file'] - sum(nb.values())
@@ -91,7 +92,7 @@ def size_report(path, # A packed file, or any safetensors file of a `BitGenModel
         layers = json.loads(meta['packed_layers'])
         n, b = sum(i * o for i, o, *_ in layers.values()), sum(nb[f'{k}.packed'] for k in layers)
     elif model is not None:
-        names = [f'{k}.weight' for k, m in model.named_modules() if isinstance(m, BitLinear)]
+        names = [f'{k}.weight' for k, m in model.named_modules() if isinstance(m, BitLinear) and not k.startswith('momentum_model')]
         n, b = sum(model.get_parameter(k).numel() for k in names), sum(nb[k] for k in names)
     else: return rep
     return rep | {'ternary weights': n, 'bits/ternary weight': 8 * b / n} if n else rep
@@ -106,7 +107,7 @@ def size_table(reports:dict, # {column name: `size_report`}
     bits = [f"{rep['bits/ternary weight']:.4f}" if 'bits/ternary weight' in rep else '-' for rep in reports.values()]
     return '\n'.join(rows + [f"{'bits/ternary weight':<20}" + ''.join(f"{b:>{w}}" for b in bits)])
 
-# %% ../nbs/12_export.ipynb #ef4dc6b8
+# %% ../nbs/12_export.ipynb #6292d565
 def _packed(lin:nn.Module, fmt:str) -> PackedBitLinear:
     if isinstance(lin, BitLinear): return PackedBitLinear.from_bitlinear(lin, fmt)
     new = PackedBitLinear(lin.in_features, lin.out_features, bias=lin.bias is not None, fmt=fmt, eps=lin.eps)
@@ -126,8 +127,10 @@ def export_packed(model:BitGenModel, # A trained model (QAT `BitLinear`s, or a m
     _check_choice('embeddings', embeddings, ('fp16', 'fp32', 'int8'))
     path = Path(path)
     if not path.parent.is_dir(): raise ValueError(f"folder {str(path.parent)!r} does not exist")
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, (BitLinear, PackedBitLinear))}
-    sd, tied = _dedup(model.state_dict())
+    train_only = lambda n: n.split('.')[0] == 'momentum_model'   # EMA towers that only fill the training queue
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (BitLinear, PackedBitLinear)) and not train_only(n)}
+    sd, tied = _dedup({k: v for k, v in model.state_dict().items() if not train_only(k)})
+    config = BitGenConfig.from_dict(model.config.to_dict()); config.momentum = 0.0   # the inference model has none
     emb = next(n for n, p in model.named_parameters(remove_duplicate=False) if p is model.get_input_embeddings().weight)
     emb = tied.get(emb, emb)
     tensors = {}
@@ -143,14 +146,14 @@ def export_packed(model:BitGenModel, # A trained model (QAT `BitLinear`s, or a m
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     layer_info = {n: [m.in_features, m.out_features, m.bias is not None, m.norm.eps if isinstance(m, BitLinear) else m.eps]
                   for n, m in layers.items()}
-    meta = dict(format=FORMAT, format_version=str(FORMAT_VERSION), config=model.config.to_json_string(),
+    meta = dict(format=FORMAT, format_version=str(FORMAT_VERSION), config=config.to_json_string(),
                 ternary_format=fmt, embeddings=embeddings, dtype=dtype, token_embedding=emb, tied=json.dumps(tied),
                 packed_layers=json.dumps(layer_info))
     meta['sha256'] = _digest(tensors, meta)
     _atomic_write(path, safetensors_bytes(tensors, meta))
     return size_report(path)
 
-# %% ../nbs/12_export.ipynb #9256347a
+# %% ../nbs/12_export.ipynb #c175bd71
 def _fail(path, msg): raise ValueError(f"{path}: {msg}")
 
 def _read(path:Path) -> tuple[dict, dict]:
@@ -200,7 +203,7 @@ def load_packed(path, # A file written by `export_packed` (or `bitgen-export`)
     model.vision.init_buffers()
     return model.requires_grad_(False).eval()
 
-# %% ../nbs/12_export.ipynb #ed1cf7cc
+# %% ../nbs/12_export.ipynb #b517e27c
 def median_latency(fns:dict, # {name: zero-argument callable}
                    reps:int=7, # Timed rounds; each runs every variant once, in turn
                    number:int=5, # Calls per variant per round (one sample = their mean)
@@ -221,7 +224,7 @@ def median_latency(fns:dict, # {name: zero-argument callable}
     finally: torch.set_num_threads(old)
     return {k: statistics.median(v) for k, v in times.items()}
 
-# %% ../nbs/12_export.ipynb #a6d92b50
+# %% ../nbs/12_export.ipynb #27007714
 @call_parse
 def bitgen_export(checkpoint:str, # Folder written by `save_pretrained` (or a Hub name)
                   out:str, # Packed file to write, e.g. bitgen.safetensors
