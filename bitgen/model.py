@@ -10,6 +10,7 @@ __all__ = ['BitGenConfig', 'tiny_config', 'BitGenOutput', 'BitGenPreTrainedModel
 
 # %% ../nbs/08_model.ipynb #7892cc6a
 from dataclasses import dataclass
+from typing import Any, Literal  # names the inherited config signature uses (for show_doc)
 import copy, math
 import torch
 import torch.nn as nn
