@@ -49,16 +49,14 @@ def main():
     packed = pack_bitlinears(copy.deepcopy(bit).eval())
 
     fns = {'train nn.Linear': train_step(lin.train()), 'train BitLinear': train_step(bit.train())}
-    with torch.no_grad():
-        fns |= {'infer nn.Linear': lambda: lin(x), 'infer BitLinear eval': lambda: bit_eval(x),
-                'infer PackedBitLinear': lambda: packed(x)}
-    for f in fns.values(): f()  # warm-up
+    fns |= {'infer nn.Linear': lambda: lin(x), 'infer BitLinear eval': lambda: bit_eval(x),
+            'infer PackedBitLinear': lambda: packed(x)}
+    for k, f in fns.items():  # warm-up
+        with torch.set_grad_enabled(not k.startswith('infer')): f()
     times = {k: [] for k in fns}
     for _ in range(a.reps):
         for k, f in fns.items():  # interleaved: machine noise hits every variant alike
-            if k.startswith('infer'):
-                with torch.no_grad(): times[k].append(timeit(f, a.iters))
-            else: times[k].append(timeit(f, a.iters))
+            with torch.set_grad_enabled(not k.startswith('infer')): times[k].append(timeit(f, a.iters))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"torch {torch.__version__}, {a.threads} threads, x {tuple(x.shape)}, {a.layers} x (128->256->128), "
           f"median of {a.reps} x {a.iters} calls")

@@ -8,7 +8,7 @@ Docs: https://bitgen-ai.github.io/bitgen/model.html.md"""
 __all__ = ['BitGenConfig', 'tiny_config', 'BitGenOutput', 'BitGenPreTrainedModel', 'BitGenModel', 'parameter_counts',
            'recon_only_params', 'overfit_batch']
 
-# %% ../nbs/08_model.ipynb #7892cc6a
+# %% ../nbs/08_model.ipynb #d14ae1c4
 from dataclasses import dataclass
 from typing import Any, Literal  # names the inherited config signature uses (for show_doc)
 import copy, math
@@ -28,7 +28,7 @@ from .fusion import FIBERFusion, GatedCrossAttention, fused_encode
 from .memory import GPM
 from .losses import Stage1Loss, FeatureQueue, sample_hard_negatives, itm_loss, recon_inputs_targets
 
-# %% ../nbs/08_model.ipynb #9e2baaff
+# %% ../nbs/08_model.ipynb #232a594d
 class BitGenConfig(PretrainedConfig):
     "Configuration of `BitGenModel`; the defaults are the BitGen Stage-1 model card"
     model_type = "bitgen"
@@ -74,7 +74,7 @@ class BitGenConfig(PretrainedConfig):
         if not 0 <= self.momentum < 1: raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         super().__post_init__(**kwargs)
 
-# %% ../nbs/08_model.ipynb #f3b5f82d
+# %% ../nbs/08_model.ipynb #a0dc4cef
 def tiny_config(**kwargs) -> BitGenConfig:
     "A tiny `BitGenConfig` (CPU tests and demos run in seconds); `kwargs` override any field"
     vc = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=14,
@@ -84,7 +84,7 @@ def tiny_config(**kwargs) -> BitGenConfig:
              eos_token_id=2)
     return BitGenConfig(**{**d, **kwargs})
 
-# %% ../nbs/08_model.ipynb #9cbd40c5
+# %% ../nbs/08_model.ipynb #31681001
 @dataclass
 class BitGenOutput(ModelOutput):
     "Outputs of `BitGenModel`; fields not computed by a call are None"
@@ -98,7 +98,7 @@ class BitGenOutput(ModelOutput):
     itm_logits: Tensor|None = None # [3B, 2] ITM head on (positives, caption/negative image, negative caption/image)
     temperature: Tensor|None = None # The contrastive temperature in use
 
-# %% ../nbs/08_model.ipynb #15e5871a
+# %% ../nbs/08_model.ipynb #df830c26
 class BitGenPreTrainedModel(PreTrainedModel):
     "Hugging Face plumbing: config class, weight init, safetensors save/load"
     config_class = BitGenConfig
@@ -118,7 +118,7 @@ class BitGenPreTrainedModel(PreTrainedModel):
         elif isinstance(module, VisionTower): module.init_buffers()             # non-persistent ImageNet mean/std
         elif isinstance(module, GPM): module.reset_parameters()
 
-# %% ../nbs/08_model.ipynb #b5065868
+# %% ../nbs/08_model.ipynb #a7c95af7
 class BitGenModel(BitGenPreTrainedModel):
     "BitGen Stage 1: BitNet text encoder/decoder, DINOv2 vision tower, FIBER fusion, Larimar memory, Stage-1 losses"
     def __init__(self, config:BitGenConfig):
@@ -204,35 +204,26 @@ class BitGenModel(BitGenPreTrainedModel):
         "L2-normalised contrastive image features [B, projection_dim] of `ToTensor()` images (unimodal pass)"
         return self._image_feats(self._image_stream(self.vision(images)))
 
-# %% ../nbs/08_model.ipynb #0623d7d3
+# %% ../nbs/08_model.ipynb #a4ff98e6
 def _pad_to(x:Tensor, L:int, value) -> Tensor: return F.pad(x, (0, L - x.shape[1]), value=value)
 
-class _Negatives:
-    "The candidates for ITM negatives: the batch, then (optionally) the queue"
-    def __init__(self, model, input_ids, attention_mask, img_tokens, ids_all):
-        B, q, L = input_ids.shape[0], model.loss_fn.queue, model.config.max_position_embeddings
-        self.ids, self.mask, self.tokens = _pad_to(input_ids, L, model.config.pad_token_id), _pad_to(attention_mask, L, 0), img_tokens
-        if len(ids_all) > B:   # queue candidates present
-            self.ids = torch.cat([self.ids, q['input_ids'].long()])
-            self.mask = torch.cat([self.mask, q['attention_mask'].to(self.mask.dtype)])
-            self.tokens = torch.cat([img_tokens, q['image_tokens'].to(img_tokens.dtype)])
-
-    def captions(self, idx):
-        "Token ids and mask of the chosen captions, trimmed to their longest"
-        ids, mask = self.ids[idx], self.mask[idx]
-        n = max(int(mask.sum(1).max()), 1)
-        return ids[:, :n], mask[:, :n]
+def _pick(batch:Tensor, queue:Tensor|None, idx:Tensor) -> Tensor:
+    "Rows `idx` of [batch ; queue], without building the concatenation (the queue holds up to 4096 x (1+P) x D tokens)"
+    B = batch.shape[0]
+    if queue is None or bool((idx < B).all()): return batch[idx]
+    out, inb = batch.new_empty(idx.shape[0], *batch.shape[1:]), idx < B
+    out[inb] = batch[idx[inb]]
+    out[~inb] = queue[idx[~inb] - B].to(batch.dtype)
+    return out
 
 @torch.no_grad()
-def _enqueue(model, txt, img, image_ids, input_ids, attention_mask, img_tokens):
+def _enqueue(model, txt, img, image_ids, ids_pad, mask_pad, img_tokens):
     extra = {}
     if model.config.itm_queue_negatives:
-        L = model.config.max_position_embeddings
-        extra = dict(input_ids=_pad_to(input_ids, L, model.config.pad_token_id).int(),
-                     attention_mask=_pad_to(attention_mask, L, 0).bool(), image_tokens=img_tokens.half())
+        extra = dict(input_ids=ids_pad.int(), attention_mask=mask_pad.bool(), image_tokens=img_tokens.half())
     model.loss_fn.queue.enqueue(text_feats=txt, image_feats=img, image_ids=image_ids, **extra)
 
-# %% ../nbs/08_model.ipynb #de5d1e5e
+# %% ../nbs/08_model.ipynb #9e5b22e8
 @patch
 def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids):
     "All four Stage-1 terms for one batch; returns (total, terms, text feats, image feats, ITM logits)"
@@ -248,9 +239,14 @@ def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids)
     itc, sim_t2i, sim_i2t, ids_all = self.loss_fn.itc(txt, img, image_ids, txt_k, img_k)
     if not c.itm_queue_negatives: sim_t2i, sim_i2t, ids_all = sim_t2i[:, :B], sim_i2t[:, :B], ids_all[:B]
     # hard negatives: an image for every caption, a caption for every image, never of the same image
-    cand = _Negatives(self, input_ids, attention_mask, img_tokens, ids_all)
-    neg_img = cand.tokens[sample_hard_negatives(sim_t2i, image_ids, ids_all)]
-    neg_ids, neg_mask = cand.captions(sample_hard_negatives(sim_i2t, image_ids, ids_all))
+    q, L = self.loss_fn.queue, c.max_position_embeddings
+    qk = (lambda k: q[k]) if len(ids_all) > B else (lambda k: None)   # queue candidates only when sampled over
+    ids_pad, mask_pad = _pad_to(input_ids, L, c.pad_token_id), _pad_to(attention_mask, L, 0)   # the queue's width
+    neg_img = _pick(img_tokens, qk('image_tokens'), sample_hard_negatives(sim_t2i, image_ids, ids_all))
+    j = sample_hard_negatives(sim_i2t, image_ids, ids_all)
+    neg_ids, neg_mask = _pick(ids_pad, qk('input_ids'), j), _pick(mask_pad, qk('attention_mask'), j)
+    n = max(int(neg_mask.sum(1).max()), 1)                                      # trim to the longest chosen caption
+    neg_ids, neg_mask = neg_ids[:, :n], neg_mask[:, :n]
     # fused passes: (caption, image) and (caption, negative image) share the text, then (negative caption, image)
     ft, fi = fused_encode(self.encoder, self.fusion, input_ids.repeat(2, 1), attention_mask.repeat(2, 1),
                           torch.cat([img_tokens, neg_img]), fuse=True)
@@ -266,10 +262,10 @@ def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids)
                               attention_mask.new_ones(B, fi.shape[1])], 1)
         terms['recon'] = self.loss_fn.recon(self.decoder(dec_in, ctx, ctx_mask, dec_mask), tgt)
     total, terms = self.loss_fn(**terms)
-    if self.training: _enqueue(self, txt_k, img_k, image_ids, input_ids, attention_mask, img_tokens)   # after the loss
+    if self.training: _enqueue(self, txt_k, img_k, image_ids, ids_pad, mask_pad, img_tokens)   # after the loss
     return total, terms, txt, img, txt_h, img_h, itm_logits
 
-# %% ../nbs/08_model.ipynb #00ca2f24
+# %% ../nbs/08_model.ipynb #8faf1095
 @patch
 def forward(self:BitGenModel,
              input_ids:Tensor|None=None, # [B, L] token ids
@@ -308,7 +304,7 @@ def forward(self:BitGenModel,
 AutoConfig.register("bitgen", BitGenConfig)
 AutoModel.register(BitGenConfig, BitGenModel)
 
-# %% ../nbs/08_model.ipynb #1e495ddd
+# %% ../nbs/08_model.ipynb #da72a431
 def parameter_counts(model:BitGenModel) -> dict:
     "Parameters per part (shared tensors counted once), with the text-side and total sums; momentum towers apart"
     seen, res = set(), {}
@@ -322,12 +318,12 @@ def parameter_counts(model:BitGenModel) -> dict:
         res['momentum towers (training only)'] = sum(p.numel() for p in model.momentum_model.parameters())
     return res
 
-# %% ../nbs/08_model.ipynb #f82014e4
+# %% ../nbs/08_model.ipynb #93eeb92f
 def recon_only_params(model:BitGenModel) -> list:
     "Names of the parameters that only the reconstruction loss trains (the decoder's own, not the tied embedding)"
     return [n for n, _ in model.named_parameters() if n.startswith('decoder.')]
 
-# %% ../nbs/08_model.ipynb #9c18f0e4
+# %% ../nbs/08_model.ipynb #8284f613
 def overfit_batch(model:BitGenModel, ids, mask, imgs, image_ids, steps:int=200, lr:float=2e-3) -> list:
     "Train `model` on one fixed batch for `steps` AdamW steps; return the per-step terms and temperature (a sanity check)"
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -339,7 +335,7 @@ def overfit_batch(model:BitGenModel, ids, mask, imgs, image_ids, steps:int=200, 
         hist.append({**{k: v.item() for k, v in out.losses.items()}, 'temp': out.temperature.item()})
     return hist
 
-# %% ../nbs/08_model.ipynb #881d7502
+# %% ../nbs/08_model.ipynb #c2abf408
 def _ddp_step_worker(rank, world, port, out_dir):
     "Test worker: one DDP training step of a tiny model on this rank's half batch; saves the queue"
     import os
