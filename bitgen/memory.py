@@ -1,5 +1,5 @@
 """Generative parametric memory (GPM): write an episode into K slots by least squares, read it back through noisy
-addresses, and a KL term that keeps the addresses close to their N(0, I) prior.
+addresses, and the memory's negative ELBO: how well the read-out reconstructs the episode, plus the address KL.
 
 Docs: https://bitgen-ai.github.io/bitgen/memory.html.md"""
 
@@ -29,18 +29,23 @@ def _lstsq(A:Tensor, B:Tensor, ridge:float) -> Tensor:
 
 # %% ../nbs/06_memory.ipynb #ec641b41
 class GPM(nn.Module):
-    "Larimar generative parametric memory: least-squares write of an episode into `slots` slots, noisy-address read, KL"
+    "Larimar generative parametric memory: least-squares write of an episode into `slots` slots, noisy-address read, ELBO"
     def __init__(self, slots:int=32, # Number of memory slots K
                  dim:int=128, # Width C of the stored vectors
+                 obs_std:float=0.1, # Std sigma of the observation model p(z | w, M) = N(wM, sigma^2 I) (the ELBO's likelihood)
                  obs_noise:float=0.0, # Std of the observation noise added to an episode before writing (training only)
                  ridge:float=1e-12, # Relative ridge of the least-squares solves (times the mean eigenvalue of the Gram)
-                 lv_init:float=-2.0, # Initial address log-variance (per slot)
+                 write_ridge:float=1e-2, # Relative ridge of the memory's solve M = W^+ z, towards the prior M0 (see below)
+                 lv_init:float=-6.0, # Initial address log-variance (per slot)
                 ):
         super().__init__()
         if slots < 1 or dim < 1: raise ValueError(f"slots and dim must be >= 1, got slots={slots}, dim={dim}")
+        if not obs_std > 0: raise ValueError(f"obs_std must be > 0, got {obs_std}")
         if obs_noise < 0: raise ValueError(f"obs_noise must be >= 0, got {obs_noise}")
         if not ridge > 0: raise ValueError(f"ridge must be > 0 (it keeps rank-deficient episodes finite), got {ridge}")
-        self.slots, self.dim, self.obs_noise, self.ridge, self.lv_init = slots, dim, obs_noise, ridge, lv_init
+        if not write_ridge > 0: raise ValueError(f"write_ridge must be > 0, got {write_ridge}")
+        self.slots, self.dim, self.obs_std, self.obs_noise, self.ridge, self.lv_init = slots, dim, obs_std, obs_noise, ridge, lv_init
+        self.write_ridge = write_ridge
         self.M0 = nn.Parameter(torch.empty(slots, dim))
         self.lv = nn.Parameter(torch.empty(slots))
         self.reset_parameters()
@@ -51,7 +56,9 @@ class GPM(nn.Module):
         self.M0.normal_(0, 1 / math.sqrt(self.dim))
         self.lv.fill_(self.lv_init)
 
-    def extra_repr(self): return f"slots={self.slots}, dim={self.dim}, obs_noise={self.obs_noise}, ridge={self.ridge}"
+    def extra_repr(self):
+        return (f"slots={self.slots}, dim={self.dim}, obs_std={self.obs_std}, obs_noise={self.obs_noise}, ridge={self.ridge}, "
+                f"write_ridge={self.write_ridge}")
 
     def _check(self, z:Tensor, M:Tensor|None=None):
         "Raise a `ValueError` unless `z` is a float [N, dim] episode (N >= 1) and `M` (if given) a float [slots, dim] memory"
@@ -68,12 +75,12 @@ def _odt(z:Tensor): return torch.promote_types(z.dtype, torch.float32)   # dtype
 @patch
 def write(self:GPM, z:Tensor, # Episode [N, dim]
          ) -> Tensor: # Memory M [slots, dim], float64
-    "Write episode `z` into a new (float64) memory: `W = z M0^+`, `M = W^+ z` (observation noise added in training)"
+    "Write episode `z` into a new (float64) memory: `W = z M0^+`, then `M ~ W^+ z` ridge-regularised towards M0"
     self._check(z)
     if self.training and self.obs_noise > 0: z = z + self.obs_noise * torch.randn_like(z)
     z, M0 = z.double(), self.M0.double()
     W = _lstsq(M0.mT, z.mT, self.ridge).mT                             # (N, K): z ~ W M0
-    return _lstsq(W, z, self.ridge)                                    # (K, C): z ~ W M
+    return M0 + _lstsq(W, z - W @ M0, self.write_ridge)                # (K, C): z ~ W M, M pulled towards M0
 
 # %% ../nbs/06_memory.ipynb #ce35a2aa
 @patch
@@ -103,6 +110,19 @@ def forward(self:GPM, z:Tensor, # Episode [N, dim]
     "Write episode `z` into a fresh memory and read it back"
     M = self.write(z)
     return *self.read(z, M), M
+
+# %% ../nbs/06_memory.ipynb #d874a66f
+@patch
+def neg_elbo(self:GPM, z:Tensor, # Episode [N, dim]
+            ) -> tuple: # (loss: scalar, {'mem_rec', 'kl'}: its two parts, z_read [N, dim], M [slots, dim] float64)
+    "Negative ELBO of episode `z`: expected Gaussian reconstruction of `z` from its read-out (std `obs_std`) + address KL"
+    M = self.write(z)
+    z_read, kl = self.read(z, M)                                       # z_read: sampled in training (for the decoder)
+    w_mean = self.addresses(z, M).double()
+    err = (z.double() - w_mean @ M).pow(2).sum(-1)                     # |z - w_mean M|^2
+    spread = (self.lv.double().exp() * M.pow(2).sum(-1)).sum()         # E|sigma_w eps M|^2 = sum_k sigma_k^2 |M_k|^2
+    rec = ((err + spread).mean() / (2 * self.obs_std ** 2)).to(kl.dtype)
+    return rec + kl, {'mem_rec': rec, 'kl': kl}, z_read, M
 
 # %% ../nbs/06_memory.ipynb #9ee6821d
 @patch
