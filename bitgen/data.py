@@ -362,6 +362,7 @@ class ShapesCaptions(CaptionsDataset):
         self.scenes = [_shapes_scene(rng) for _ in range(n)]
         ids = list(range(first_id, first_id + n))
         super().__init__(ids, {i: s['captions'] for i, s in zip(ids, self.scenes)}, train, seed)
+        self.img_size = img_size
         self.images = torch.from_numpy(np.stack([_draw_shapes(s, img_size) for s in self.scenes])).permute(0, 3, 1, 2)
 
     def get_image(self, i:int, augment:bool|None=None) -> torch.Tensor:

@@ -206,7 +206,7 @@ def bitgen_eval(checkpoint:str, # Folder written by `save_pretrained`
                 demo:bool=False, # Score the shapes validation split instead (shapes tokenizer, 64 px)
                 tokenizer:str='gpt2', # Tokenizer name or folder (with `--ann`)
                 bs:int=128, # Batch size
-                img_size:int=None, # Side of the square images (default: 224, or 64 with `--demo`)
+                img_size:int=None, # Side of the square images (default: the size the model was trained at)
                 n_demo:int=128, # Images of the shapes validation split (`--demo`)
                 device:str=None, # Device (default: cuda if available, else cpu)
                ) -> dict: # {'i2t_r1': ..., 't2i_r10': ...}
@@ -215,8 +215,9 @@ def bitgen_eval(checkpoint:str, # Folder written by `save_pretrained`
     if ann is not None and images is None: raise ValueError(f"--ann {ann} needs --images (its image folder)")
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     model = AutoModel.from_pretrained(checkpoint).to(device)
-    if demo: ds, tok = ShapesCaptions(n_demo, img_size or 64, seed=0, train=False, first_id=512), shapes_tokenizer()
-    else: ds, tok = CocoCaptions(ann, images, img_size or 224, train=False), tokenizer
+    size = img_size or model.config.image_size
+    if demo: ds, tok = ShapesCaptions(n_demo, size, seed=0, train=False, first_id=512), shapes_tokenizer()
+    else: ds, tok = CocoCaptions(ann, images, size, train=False), tokenizer
     img, img_ids, cap, cap_ids = retrieval_features(model, *_loaders(model, ds, tok, bs, None, device), device)
     res = recall_at_k(img @ cap.T, img_ids, cap_ids)
     n_cap = int(torch.isin(cap_ids, img_ids).sum())

@@ -246,7 +246,7 @@ def bitgen_embed(packed_file:str, # A file written by `bitgen-export` / `export_
                  image:str=None, # An image file to embed
                  caption:str=None, # A caption to embed
                  tokenizer:str='gpt2', # Tokenizer the model was trained with: Hub name or local folder
-                 size:int=224, # Images are resized to size x size pixels
+                 size:int=None, # Images are resized to size x size pixels (default: the size the model was trained at)
                  out:str=None, # Write the features to this .npy file instead of printing them
                 ) -> np.ndarray: # The L2-normalised feature vector [projection_dim]
     "Contrastive features of one image or one caption, computed on the CPU from a packed file"
@@ -258,7 +258,9 @@ def bitgen_embed(packed_file:str, # A file written by `bitgen-export` / `export_
             enc = load_tokenizer(tokenizer)([caption], truncation=True, max_length=model.config.max_position_embeddings,
                                             return_tensors='pt')
             feats = model.get_text_features(enc['input_ids'], enc['attention_mask'])
-        else: feats = model.get_image_features(_image_tfm(size)(read_rgb(image, size))[None])
+        else:
+            size = size or model.config.image_size
+            feats = model.get_image_features(_image_tfm(size)(read_rgb(image, size))[None])
     f = feats[0].numpy()
     if out: np.save(out, f); print(f"features {tuple(f.shape)} written to {out}")
     else: print(f"features {tuple(f.shape)}: {np.array2string(f[:6], precision=4)} ...")
