@@ -8,7 +8,7 @@ Modules:
 - `bitgen.eval`: Image-text retrieval Recall@K over a whole split (every caption of every image), its chance level, two figures, and the `bitgen-eval` command.
 - `bitgen.export`: One packed safetensors file per model: ternary weights at 1.6 or 2 bits, the rest in fp16 (token embedding optionally int8), a CPU loader that runs inference from that file alone, size reports, latency, and two command-line tools.
 - `bitgen.fusion`: Fusion in the backbone: gated cross-attention between the top text blocks and image-side blocks, off for contrast, on for matching, and identical to the unimodal model at initialisation.
-- `bitgen.memory`: Generative parametric memory (GPM): write an episode into K slots by least squares, read it back through noisy addresses, and a KL term that keeps the addresses close to their N(0, I) prior.
-- `bitgen.vision`: DINOv2 from Hugging Face, fed `ToTensor()` images in [0, 1]: ImageNet normalisation inside the model (exactly once), CLS + patch tokens, and a full-precision projection to the text model's width."""
+- `bitgen.memory`: Generative parametric memory (GPM): write an episode into K slots by least squares, read it back through noisy addresses, and the memory's negative ELBO: how well the read-out reconstructs the episode, plus the address KL.
+- `bitgen.vision`: DINOv2 from Hugging Face or a torchvision CNN, fed `ToTensor()` images in [0, 1]: ImageNet normalisation inside the model (exactly once), CLS + patch tokens, and a full-precision projection to the text model's width."""
 
 __version__ = "0.0.1"
