@@ -33,7 +33,7 @@ def stepper(model, bs, img, vocab, device, seq=16):
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(); n[0] += 1
+        opt.step(); model.post_step(); n[0] += 1
         if device == 'cuda': torch.cuda.synchronize()
     return step
 
