@@ -96,13 +96,15 @@ def read(self:GPM, z:Tensor, # Queries [N, dim]
          M:Tensor, # Memory [slots, dim], from `write`
         ) -> tuple[Tensor, Tensor]: # (z_read [N, dim], kl: scalar)
     "Read `z` from `M`: `z_read = w M`, `w = w_mean + exp(lv/2) eps` in training, `w_mean` in eval; KL of the addresses"
-    self._check(z, M)
-    M = M.double()
-    w_mean = _lstsq(M.mT, z.double().mT, self.ridge).mT                 # (N, K)
-    lv = self.lv.double()
+    return self._read_at(self.addresses(z, M), M, z.dtype)
+
+@patch
+def _read_at(self:GPM, w_mean:Tensor, M:Tensor, dtype) -> tuple[Tensor, Tensor]:
+    "Read-out and address KL from mean addresses `w_mean` [N, K] (solved once by the caller)"
+    w_mean, M, lv = w_mean.double(), M.double(), self.lv.double()
     w = w_mean + (lv / 2).exp() * torch.randn_like(w_mean) if self.training else w_mean
     kl = 0.5 * (lv.exp() + w_mean ** 2 - 1 - lv).sum(-1).mean()
-    return (w @ M).to(z.dtype), kl.to(_odt(z))
+    return (w @ M).to(dtype), kl.to(torch.promote_types(dtype, torch.float32))
 
 @patch
 def forward(self:GPM, z:Tensor, # Episode [N, dim]
@@ -117,8 +119,8 @@ def neg_elbo(self:GPM, z:Tensor, # Episode [N, dim]
             ) -> tuple: # (loss: scalar, {'mem_rec', 'kl'}: its two parts, z_read [N, dim], M [slots, dim] float64)
     "Negative ELBO of episode `z`: expected Gaussian reconstruction of `z` from its read-out (std `obs_std`) + address KL"
     M = self.write(z)
-    z_read, kl = self.read(z, M)                                       # z_read: sampled in training (for the decoder)
-    w_mean = self.addresses(z, M).double()
+    w_mean = self.addresses(z, M).double()                             # one least-squares solve for both terms
+    z_read, kl = self._read_at(w_mean, M, z.dtype)                     # z_read: sampled in training (for the decoder)
     err = (z.double() - w_mean @ M).pow(2).sum(-1)                     # |z - w_mean M|^2
     spread = (self.lv.double().exp() * M.pow(2).sum(-1)).sum()         # E|sigma_w eps M|^2 = sum_k sigma_k^2 |M_k|^2
     rec = ((err + spread).mean() / (2 * self.obs_std ** 2)).to(kl.dtype)
