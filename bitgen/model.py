@@ -6,13 +6,14 @@ Docs: https://bitgen-ai.github.io/bitgen/model.html.md"""
 
 # %% auto #0
 __all__ = ['BitGenConfig', 'tiny_config', 'BitGenOutput', 'BitGenPreTrainedModel', 'FeatureBatchNorm', 'itm_head', 'BitGenModel',
-           'parameter_counts', 'recon_only_params', 'overfit_batch', 'EpisodicMemory', 'MemoryReadout']
+           'native_bf16', 'momentum_autocast', 'parameter_counts', 'recon_only_params', 'overfit_batch',
+           'EpisodicMemory', 'MemoryReadout']
 
 # %% ../nbs/08_model.ipynb #d14ae1c4
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal  # names the inherited config signature uses (for show_doc)
-import copy, math, warnings
+import contextlib, copy, math, warnings
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from .vision import VisionTower, dinov2_small_config, cnn_backbones
 from .fusion import FIBERFusion, GatedCrossAttention, fused_encode
 from .memory import GPM
 from .losses import Stage1Loss, FeatureQueue, sample_hard_negatives, itm_loss, itm_accuracy, recon_inputs_targets
+from .losses import world, gather_rows, all_gather_rows, all_reduce_mean
 
 # %% ../nbs/08_model.ipynb #232a594d
 class BitGenConfig(PretrainedConfig):
@@ -53,9 +55,10 @@ class BitGenConfig(PretrainedConfig):
     kl_weight: float = 0.1 # Weight of the memory term, its negative ELBO: episode reconstruction + address KL (the card's "memory KL")
     label_smoothing: float = 0.1 # Of the reconstruction loss
     memory_obs_std: float = 0.1 # Std of the memory's observation model p(z | w, M) (the episodes are unit vectors)
-    itm_queue_negatives: bool = True # Draw ITM hard negatives from the queue too (it then keeps tokens)
+    itm_queue_negatives: bool = True # Draw ITM hard-negative captions from the queue too (it then keeps their token ids)
     momentum: float = 0.995 # EMA rate the momentum towers (ITC keys, queue) reach (0: no towers, online keys, whole queue)
     momentum_warmup: int = 1000 # Optimizer steps over which the EMA rate ramps up to `momentum` (0: from the first step)
+    momentum_dtype: str = "auto" # The momentum towers' forward: "bfloat16", "float32", or "auto" (bfloat16 where the device computes it natively)
     bitnet: bool = True # BitLinear (1.58-bit) transformer linears; False: the nn.Linear baseline
     bitnet_vision: bool = False # Also make the vision tower's linears BitLinear (fully ternary build)
     vision_backbone: str = "dinov2" # "dinov2" (shaped by `vision_config`) or a torchvision CNN name, e.g. "mobilenet_v2"
@@ -79,6 +82,8 @@ class BitGenConfig(PretrainedConfig):
             if getattr(self, n) < 0: raise ValueError(f"{n} must be >= 0, got {getattr(self, n)}")
         if not 0 <= self.momentum < 1: raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.momentum_warmup < 0: raise ValueError(f"momentum_warmup must be >= 0, got {self.momentum_warmup}")
+        if self.momentum_dtype not in ('auto', 'bfloat16', 'float32'):
+            raise ValueError(f"momentum_dtype must be 'auto', 'bfloat16' or 'float32', got {self.momentum_dtype!r}")
         if not self.memory_obs_std > 0: raise ValueError(f"memory_obs_std must be > 0, got {self.memory_obs_std}")
         if not (isinstance(self.image_size, int) and self.image_size > 0): raise ValueError(f"image_size must be a positive int, got {self.image_size!r}")
         if self.vision_backbone != 'dinov2' and self.vision_backbone not in cnn_backbones():
@@ -115,6 +120,7 @@ class BitGenPreTrainedModel(PreTrainedModel):
     config_class = BitGenConfig
     base_model_prefix = "bitgen"
     main_input_name = "input_ids"
+    _keys_to_ignore_on_load_missing = [r"^momentum_model\."]   # training-only: saved in the training state, not the weights
     _tied_weights_keys = {"decoder.embed_tokens.weight": "encoder.embed_tokens.weight",
                           "decoder.lm_head.weight": "encoder.embed_tokens.weight"}
 
@@ -131,12 +137,15 @@ class BitGenPreTrainedModel(PreTrainedModel):
 
 # %% ../nbs/08_model.ipynb #ee78cfa2
 class FeatureBatchNorm(nn.BatchNorm1d):
-    "BatchNorm without affine parameters for contrastive features; a training batch of one uses the running statistics"
+    "BatchNorm without affine parameters for contrastive features, over the global batch under DDP; a batch of one uses the running statistics"
     def __init__(self, num_features:int): super().__init__(num_features, affine=False)
     def forward(self, x:Tensor) -> Tensor:
-        if self.training and x.shape[0] == 1:
-            return F.batch_norm(x, self.running_mean, self.running_var, training=False, eps=self.eps)
-        return super().forward(x)
+        if not self.training: return super().forward(x)
+        xs, start = gather_rows(x)                    # every rank's rows (with gradients): SyncBatchNorm's statistics
+        if xs.shape[0] == 1: return F.batch_norm(x, self.running_mean, self.running_var, training=False, eps=self.eps)
+        self.num_batches_tracked.add_(1)
+        y = F.batch_norm(xs, self.running_mean, self.running_var, training=True, momentum=self.momentum, eps=self.eps)
+        return y[start:start + x.shape[0]]
 
 def _projection(c:BitGenConfig) -> nn.Module:
     "The contrastive projection of the config: Linear (+ FeatureBatchNorm)"
@@ -191,10 +200,24 @@ class BitGenModel(BitGenPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        "`PreTrainedModel.from_pretrained`, then `requires_grad` flags restored (loading recreates the parameters)"
+        "`PreTrainedModel.from_pretrained`; the momentum towers (not in the weights file) restart as copies of the online ones"
         model = super().from_pretrained(*args, **kwargs)
-        model._set_trainable()
+        (model[0] if isinstance(model, tuple) else model).reset_momentum()
         return model
+
+    def save_pretrained(self, save_directory, **kwargs):
+        "`PreTrainedModel.save_pretrained` of the model only: the training-only momentum towers stay out of the weights file"
+        if kwargs.get('state_dict') is None:
+            kwargs['state_dict'] = {k: v for k, v in self.state_dict().items() if not k.startswith('momentum_model.')}
+        return super().save_pretrained(save_directory, **kwargs)
+
+    @torch.no_grad()
+    def reset_momentum(self):
+        "Make the momentum towers exact copies of the online ones (after loading weights); re-apply `requires_grad` flags"
+        if self.momentum_model is not None:
+            for k, mod in self._momentum_parts(): self.momentum_model[k].load_state_dict(mod.state_dict())
+        self._set_trainable()
+        return self
 
     def get_input_embeddings(self): return self.encoder.embed_tokens
     def get_output_embeddings(self): return self.decoder.lm_head
@@ -210,6 +233,17 @@ class BitGenModel(BitGenPreTrainedModel):
             self.momentum_model['vision'].backbone.load_state_dict(self.vision.backbone.state_dict())
             self.momentum_model['vision'].init_buffers()
         return self
+
+    def training_state(self) -> dict:
+        "What a training checkpoint needs beyond the weights: the momentum towers, the queue and the step count"
+        st = {'loss_state': self.loss_fn.state()}
+        if self.momentum_model is not None: st['momentum'] = {k: v.clone() for k, v in self.momentum_model.state_dict().items()}
+        return st
+
+    def load_training_state(self, state:dict):
+        "Restore what `training_state` saved (without momentum towers in it, they stay copies of the online ones)"
+        self.loss_fn.load_state(state['loss_state'])
+        if self.momentum_model is not None and 'momentum' in state: self.momentum_model.load_state_dict(state['momentum'])
 
     def _image_stream(self, tokens:Tensor) -> Tensor:
         "Unimodal image side: the fusion's image blocks without cross-attention, then its norm"
@@ -263,14 +297,31 @@ def post_step(self:BitGenModel):
 @patch
 @torch.no_grad()
 def momentum_features(self:BitGenModel, input_ids, attention_mask, images, backbone_feats=None) -> tuple:
-    "L2-normalised text and image features of the momentum towers (the keys that fill the queue)"
+    "L2-normalised float32 text and image features of the momentum towers (the keys that fill the queue)"
     m = self.momentum_model
-    txt = F.normalize(m['text_proj'](m['encoder'](input_ids, attention_mask)[:, 0]), dim=-1)
-    if 'vision_proj' in m:   # frozen backbone: shared, only its projection has a momentum copy
-        tok = m['vision_proj'](self.vision.features(images) if backbone_feats is None else backbone_feats)
-    else: tok = m['vision'](images)
-    for blk in m['fusion'].image_blocks: tok = blk(tok)
-    return txt, F.normalize(m['image_proj'](m['fusion'].image_norm(tok)[:, 0]), dim=-1)
+    with momentum_autocast(self.config.momentum_dtype, images.device):
+        txt = m['text_proj'](m['encoder'](input_ids, attention_mask)[:, 0])
+        if 'vision_proj' in m:   # frozen backbone: shared, only its projection has a momentum copy
+            tok = m['vision_proj'](self.vision.features(images) if backbone_feats is None else backbone_feats)
+        else: tok = m['vision'](images)
+        for blk in m['fusion'].image_blocks: tok = blk(tok)
+        img = m['image_proj'](m['fusion'].image_norm(tok)[:, 0])
+    return F.normalize(txt.float(), dim=-1), F.normalize(img.float(), dim=-1)
+
+def native_bf16(device) -> bool:
+    "Whether `device` computes bfloat16 natively (CUDA with bf16; a CPU with AVX-512 BF16 or AMX, through oneDNN)"
+    device = torch.device(device)
+    if device.type == 'cuda': return torch.cuda.is_bf16_supported()
+    if device.type != 'cpu': return False
+    try: return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError): return False
+
+def momentum_autocast(dtype:str, device):
+    "The autocast context of the momentum pass for `momentum_dtype` (a no-op for float32)"
+    device = torch.device(device)
+    if dtype == 'bfloat16' or (dtype == 'auto' and native_bf16(device)):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 @patch
 def queue_rows(self:BitGenModel) -> Tensor|None:
@@ -285,7 +336,7 @@ def queue_rows(self:BitGenModel) -> Tensor|None:
 def _pad_to(x:Tensor, L:int, value) -> Tensor: return F.pad(x, (0, L - x.shape[1]), value=value)
 
 def _pick(batch:Tensor, queue:Tensor|None, idx:Tensor) -> Tensor:
-    "Rows `idx` of [batch ; queue], without building the concatenation (the queue holds up to 4096 x (1+P) x D tokens)"
+    "Rows `idx` of [batch ; queue], without building the concatenation"
     # index_select, not batch[idx]: the backward of advanced indexing (index_put_ with accumulate) adds repeated rows
     # with unordered atomic adds on a multi-threaded CPU, so runs would not repeat; index_select's backward sums in order
     B = batch.shape[0]
@@ -296,12 +347,18 @@ def _pick(batch:Tensor, queue:Tensor|None, idx:Tensor) -> Tensor:
     return out
 
 @torch.no_grad()
-def _enqueue(model, txt, img, image_ids, ids_pad, mask_pad, img_tokens):
-    "Write the step's keys (and what the fused pass of a queue negative needs) into the queue, with the step count"
+def _enqueue(model, txt, img, image_ids, ids_pad, mask_pad):
+    "Write the step's keys (and the captions' tokens, for ITM negatives) into the queue, with the step count"
     extra = dict(step=torch.full_like(image_ids, int(model.loss_fn.step)))
-    if model.config.itm_queue_negatives:
-        extra.update(input_ids=ids_pad.int(), attention_mask=mask_pad.bool(), image_tokens=img_tokens.half())
+    if model.config.itm_queue_negatives: extra.update(input_ids=ids_pad.int(), attention_mask=mask_pad.bool())
     model.loss_fn.queue.enqueue(text_feats=txt, image_feats=img, image_ids=image_ids, **extra)
+
+@patch
+def _negatives_generator(self:BitGenModel, device) -> torch.Generator:
+    "The generator of this forward's hard-negative draws: seeded by the run's seed, the step and the micro-batch"
+    g = torch.Generator(device=device)
+    g.manual_seed(hash((torch.initial_seed(), int(self.loss_fn.step), self._forwards_since_step, self.training)) % 2**62)
+    return g
 
 # %% ../nbs/08_model.ipynb #9e5b22e8
 @patch
@@ -316,24 +373,30 @@ def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids)
             self._warned_post_step = True
     feats = self.vision.features(images)
     img_tokens = self.vision.proj(feats)                                            # [B, 1+P, D]
-    # unimodal pass (fusion off): ITC against [batch ; recent queue rows]
+    # unimodal pass (fusion off): ITC of the global batch against [global batch keys ; recent queue rows]
     txt_h, img_h = self.encoder(input_ids, attention_mask), self._image_stream(img_tokens)
     txt, img = self._text_feats(txt_h), self._image_feats(img_h)
-    txt_k, img_k = txt, img                                 # no momentum towers: CLIP, both sides learn
-    if self.momentum_model is not None: txt_k, img_k = self.momentum_features(input_ids, attention_mask, images, feats)
-    rows = self.queue_rows()
-    itc, sim_t2i, sim_i2t, ids_all = self.loss_fn.itc(txt, img, image_ids, txt_k, img_k, rows)
-    if not c.itm_queue_negatives: sim_t2i, sim_i2t, ids_all = sim_t2i[:, :B], sim_i2t[:, :B], ids_all[:B]
-    # hard negatives: an image for every caption, a caption for every image, never of the same image
-    i, j = sample_hard_negatives(sim_t2i, image_ids, ids_all), sample_hard_negatives(sim_i2t, image_ids, ids_all)
+    (txt_g, s0), (img_g, _), ids_g = gather_rows(txt), gather_rows(img), all_gather_rows(image_ids)
+    txt_k, img_k = txt_g, img_g                             # no momentum towers: CLIP, both sides learn
+    if self.momentum_model is not None:
+        txt_k, img_k = map(all_gather_rows, self.momentum_features(input_ids, attention_mask, images, feats))
+    rows, Bg, loc = self.queue_rows(), ids_g.shape[0], slice(s0, s0 + B)
+    itc, sim_t2i, sim_i2t, ids_all = self.loss_fn.itc(txt_g, img_g, ids_g, txt_k, img_k, rows)
+    if not c.itm_queue_negatives: sim_i2t, ids_all = sim_i2t[:, :Bg], ids_all[:Bg]
+    # hard negatives, drawn alike on every rank over the global rows: an image of the global batch for every caption,
+    # a caption of [global batch ; queue] for every image, never of the same image
+    gen = self._negatives_generator(sim_t2i.device)
+    i = sample_hard_negatives(sim_t2i[:, :Bg], ids_g, ids_g, generator=gen)[loc]
+    j = sample_hard_negatives(sim_i2t, ids_g, ids_all, generator=gen)[loc]
     keep = ((i >= 0) & (j >= 0)).nonzero().squeeze(1)       # rows with no other-image candidate sit this step out
-    if rows is not None: i, j = (torch.where(x >= B, rows[(x - B).clamp(min=0)] + B, x) for x in (i[keep], j[keep]))
-    else: i, j = i[keep], j[keep]
+    i, j = i[keep], j[keep]
+    if rows is not None: j = torch.where(j >= Bg, rows[(j - Bg).clamp(min=0)] + Bg, j)
     q, L, k = self.loss_fn.queue, c.max_position_embeddings, len(keep)
-    qk = (lambda n: q[n]) if len(ids_all) > B else (lambda n: None)   # queue candidates only when sampled over
     ids_pad, mask_pad = _pad_to(input_ids, L, c.pad_token_id), _pad_to(attention_mask, L, 0)   # the queue's width
-    neg_img = _pick(img_tokens, qk('image_tokens'), i)
-    neg_ids, neg_mask = _pick(ids_pad, qk('input_ids'), j), _pick(mask_pad, qk('attention_mask'), j)
+    from_queue = len(ids_all) > Bg                          # queue captions only when sampled over
+    neg_img = gather_rows(img_tokens)[0].index_select(0, i)   # any rank's image (with its gradient, as ALBEF)
+    neg_ids = _pick(all_gather_rows(ids_pad), q['input_ids'] if from_queue else None, j)
+    neg_mask = _pick(all_gather_rows(mask_pad), q['attention_mask'] if from_queue else None, j)
     n = max(int(neg_mask.sum(1).max()), 1) if k else 1                         # trim to the longest chosen caption
     neg_ids, neg_mask = neg_ids[:, :n], neg_mask[:, :n]
     # fused passes: every (caption, image) and the kept rows' (caption, negative image), then (negative caption, image)
@@ -347,17 +410,21 @@ def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids)
         terms = dict(itc=itc, itm=itm_loss(itm_logits, k))
         logs['itm_acc'] = itm_accuracy(itm_logits.detach())
     else: itm_logits, terms = ft.new_zeros(0, 2), dict(itc=itc, itm=ft.new_zeros(()))
-    # memory: the (L2-normalised) fused CLS of the positive pairs is one episode; its negative ELBO is the memory term
-    terms['memory'], parts, z_read, _ = self.memory.neg_elbo(F.normalize(ft[:B, 0], dim=-1))
+    # memory: the (L2-normalised) fused CLS of the global batch's positive pairs is one episode; its negative ELBO
+    episode, _ = gather_rows(F.normalize(ft[:B, 0], dim=-1))
+    terms['memory'], parts, z_read, _ = self.memory.neg_elbo(episode)
     logs.update(parts)
     if c.recon_weight > 0:   # decoder on [memory read-out ; fused text ; fused image]
         dec_in, dec_mask, tgt = recon_inputs_targets(input_ids, attention_mask, c.bos_token_id, c.eos_token_id)
-        ctx = torch.cat([z_read[:, None], ft[:B], fi[:B]], 1)
+        ctx = torch.cat([z_read[loc, None], ft[:B], fi[:B]], 1)
         ctx_mask = torch.cat([attention_mask.new_ones(B, 1), self.encoder.extend_mask(attention_mask, input_ids.shape[1]).long(),
                               attention_mask.new_ones(B, fi.shape[1])], 1)
         terms['recon'] = self.loss_fn.recon(self.decoder(dec_in, ctx, ctx_mask, dec_mask), tgt)
     total, terms = self.loss_fn(logs=logs, **terms)
-    if self.training: _enqueue(self, txt_k.detach(), img_k.detach(), image_ids, ids_pad, mask_pad, img_tokens)  # after the loss
+    if world()[1] > 1:   # every rank reports the global figures (the mean over ranks); the gradient stays this rank's own
+        total = total + (all_reduce_mean(total) - total.detach())
+        terms = {k: all_reduce_mean(v) * (world()[1] if k == 'itm_dropped' else 1) for k, v in terms.items()}
+    if self.training: _enqueue(self, txt_k.detach()[loc], img_k.detach()[loc], image_ids, ids_pad, mask_pad)  # after the loss
     return total, terms, txt, img, txt_h, img_h, itm_logits
 
 # %% ../nbs/08_model.ipynb #8faf1095
@@ -496,22 +563,3 @@ def read_memory(self:BitGenModel, episode:EpisodicMemory, # What `write_memory` 
     z = (w.double() @ M).to(q.dtype)
     sim = F.normalize(z, dim=-1) @ episode.keys.T
     return MemoryReadout(z_read=z, addresses=w, similarity=sim, nearest=sim.argmax(1))
-
-# %% ../nbs/08_model.ipynb #c2abf408
-def _ddp_step_worker(rank, world, port, out_dir):
-    "Test worker: one DDP training step of a tiny model on this rank's half batch; saves the queue"
-    import os
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    dist.init_process_group('gloo', rank=rank, world_size=world)
-    try:
-        torch.manual_seed(0)
-        model = BitGenModel(tiny_config())
-        ddp = DDP(model, find_unused_parameters=True)   # the decoder feeds no loss while recon_weight == 0
-        g = torch.Generator().manual_seed(rank)
-        ids, imgs = torch.randint(3, 64, (3, 7), generator=g), torch.rand(3, 3, 28, 28, generator=g)
-        out = ddp(input_ids=ids, images=imgs, image_ids=torch.arange(3) + 10 * rank, return_loss=True)
-        out.loss.backward()
-        torch.save({k: v for k, v in model.loss_fn.queue.state().items()}, f"{out_dir}/rank{rank}.pt")
-    finally: dist.destroy_process_group()

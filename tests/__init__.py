@@ -1,0 +1,1 @@
+"Test-only helpers of BitGen (not part of the package)"
