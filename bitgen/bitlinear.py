@@ -98,12 +98,18 @@ class PackedBitLinear(nn.Module):
 
 # %% ../nbs/01_bitlinear.ipynb #c0de7f01
 @patch
-def forward(self:PackedBitLinear, x:Tensor) -> Tensor:
+def forward(self:PackedBitLinear, x:Tensor) -> Tensor: return self.linear(x, self.codes)
+
+@patch
+def linear(self:PackedBitLinear, x:Tensor, # Activations (..., in_features)
+           codes:Tensor, # The ternary codes [out, in] (the layer's own `codes`, or the same computed another way)
+          ) -> Tensor: # (..., out_features), in the dtype of `x`
+    "The layer's output on `x` with the codes `codes`"
     u = x * self.h                                                     # (..., in): gain and gamma/127 folded in
     m = u.abs().amax(-1, keepdim=True).clamp_(min=1e-30)               # (..., 1); an all-zero token stays zero
     q = u.mul_(127 / m).round_().reshape(-1, self.in_features)        # int8 codes in [-127, 127] (as floats)
-    if self.codes.dtype == torch.int8 and q.is_cpu: acc = torch._int_mm(q.to(torch.int8), self.codes.t())  # exact int32
-    else: acc = q @ self.codes.t().to(q.dtype)                        # exact in fp32 for in_features <= 1040
+    if codes.dtype == torch.int8 and q.is_cpu: acc = torch._int_mm(q.to(torch.int8), codes.t())  # exact int32
+    else: acc = q @ codes.t().to(q.dtype)                             # exact in fp32 for in_features <= 1040
     vn = torch.linalg.vector_norm(x.float(), 2, -1, True)            # r^2 = |x|^2 / n + eps
     f = torch.addcmul(self.eps_t, vn, vn, value=1 / self.in_features).rsqrt_().mul_(m)   # m / r, per token
     y = acc.view(*x.shape[:-1], self.out_features) * f                # the one rescale
@@ -113,7 +119,9 @@ def forward(self:PackedBitLinear, x:Tensor) -> Tensor:
 @patch
 def _save_to_state_dict(self:PackedBitLinear, destination, prefix, keep_vars):
     "Store the codes packed (`fmt`), with the scale, the RMSNorm gain and the bias"
-    destination[prefix + 'packed'] = pack_ternary(self.codes.cpu().to(torch.int8), self.fmt).to(self.codes.device)
+    if self.codes.is_meta: packed = torch.empty(packed_numel(self.codes.numel(), self.fmt), dtype=torch.uint8, device='meta')
+    else: packed = pack_ternary(self.codes.cpu().to(torch.int8), self.fmt).to(self.codes.device)
+    destination[prefix + 'packed'] = packed
     for k in ('scale', 'norm_weight', 'bias'):
         if getattr(self, k) is not None: destination[prefix + k] = getattr(self, k)
 
