@@ -1,5 +1,6 @@
 """One packed safetensors file per model: ternary weights at 1.6 or 2 bits, the rest in fp16 (token embedding optionally
-int8), a CPU loader that runs inference from that file alone, size reports, latency, and two command-line tools.
+int8), a lean CPU loader that runs inference from that file alone, ONNX graphs for runtimes without PyTorch, size
+reports, latency, and two command-line tools.
 
 Docs: https://bitgen-ai.github.io/bitgen/export.html.md"""
 
@@ -385,6 +386,23 @@ class _ITMGraph(nn.Module):
         logits = self.model.itm_head(torch.cat([enc.norm(t)[:, 0], i[:, 0]], -1))
         return logits, logits.softmax(-1)[:, 1]
 
+def _compact(data:bytes, min_numel:int=1024) -> bytes:
+    "ONNX model `data` without the tracer's per-node source notes, each float initializer that is exactly fp16 (what the packed file holds in fp16) stored as fp16 and cast in the graph"
+    import onnx
+    from onnx import numpy_helper, helper, TensorProto
+    m = onnx.load_from_string(data)
+    for n in m.graph.node: n.doc_string = ''   # the tracer's source locations: a third of a small graph's bytes
+    inits, casts = [], []
+    for t in m.graph.initializer:
+        a = numpy_helper.to_array(t) if t.data_type == TensorProto.FLOAT else None
+        if a is None or a.size < min_numel or not np.array_equal(a.astype(np.float16).astype(np.float32), a):
+            inits.append(t); continue
+        inits.append(numpy_helper.from_array(a.astype(np.float16), t.name + '.fp16'))
+        casts.append(helper.make_node('Cast', [t.name + '.fp16'], [t.name], to=TensorProto.FLOAT, name=t.name + '.upcast'))
+    del m.graph.initializer[:]; m.graph.initializer.extend(inits)
+    for n in reversed(casts): m.graph.node.insert(0, n)
+    return m.SerializeToString()
+
 ONNX_GRAPHS = {'image_encoder': (('pixel_values',), ('image_embeds', 'image_tokens')),
                'text_encoder': (('input_ids', 'attention_mask'), ('text_embeds', 'text_states')),
                'itm': (('text_states', 'attention_mask', 'image_tokens'), ('itm_logits', 'itm_score'))}
@@ -428,7 +446,8 @@ def export_onnx(model:BitGenModel, # A model from `load_packed` (packed ternary 
             torch.onnx.export(mod, a, buf, input_names=list(ins), output_names=list(outs), opset_version=opset,
                               dynamic_axes={k: v for k, v in dyn.items() if k in ins + outs}, do_constant_folding=False,
                               dynamo=False)
-            _atomic_write(out/f'{name}.onnx', buf.getvalue()); files[f'{name}.onnx'] = len(buf.getvalue())
+            data = _compact(buf.getvalue())
+            _atomic_write(out/f'{name}.onnx', data); files[f'{name}.onnx'] = len(data)
     facts = dict(format='bitgen-onnx', format_version=1, opset=opset, ternary_format=fmt,
                  graphs={k: dict(file=f'{k}.onnx', inputs=list(i), outputs=list(o)) for k, (i, o) in ONNX_GRAPHS.items()},
                  image=dict(size=[size, size], resize='bilinear (PIL), to exactly size x size', mode='RGB',
