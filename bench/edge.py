@@ -1,119 +1,262 @@
-"""Edge export at the model card's configuration: file sizes and CPU latency (BitGenConfig() defaults, random init).
+"""Edge export at the model card's configuration: sizes, latency ratios to fp32 and peak memory (BitGenConfig() defaults,
+random init).
 
-Sizes: the fp32 `save_pretrained` file against packed files (base3 and 2bit; fp16 and int8 token embedding), split
-into the text side (embeddings, encoder, decoder, fusion, memory, heads) and the vision tower, with the bits each
-ternary weight takes on disk.
+Builds (all from one seed):
+  (a) fp32: the model with nn.Linear in place of BitLinear (bitnet=False), the baseline of every ratio,
+  (b) QAT eval: BitLinear with latent weights, in eval mode (its cached packed form under inference_mode),
+  (c) packed: (b) exported (base3, int8 embedding) and loaded with `load_packed`,
+  (d) fully ternary packed: bitnet_vision=True, exported and loaded the same way.
+Runtimes: PyTorch eager, PyTorch `torch.compile` (unless --no-compile), ONNX Runtime (`export_onnx` of (a): "ORT fp32";
+of (c) and (d): "ORT packed").
 
-Latency at batch 1, median of `--reps` interleaved rounds (each the mean of `--number` calls) after a warm-up, for
-1 and 2 threads: text features of a 12-token caption and image features of one 224 px image, for
-  (a) the fp32 model with nn.Linear in place of BitLinear (bitnet=False),
-  (b) the QAT model in eval (BitLinear, latent weights),
-  (c) (b) exported (base3, int8 embedding) and loaded with `load_packed`,
-  (d) the fully ternary model (bitnet_vision=True) exported and loaded the same way.
-Prints ratios to (a) and whether the targets are met: stored ternary weights <= 1.6 bits each, exported text side
-<= 8 MB, packed text-path latency <= 1.0x fp32. The text path of (a) and (c) is also timed under `torch.compile`
-(unless --no-compile): at 13 tokens the eager path is bound by per-op overhead, and fusion shows the kernels' worth.
-Writes everything to `--json` (bench/*.json is git-ignored). About 2 minutes on 2 cores.
+Latency, batch 1, for each thread count: text features at 16, 64 and 256 tokens and image features of one 224 px image.
+Every figure is a ratio to (a) eager timed in the same rounds: each round runs every variant once (`--number` calls
+each), in turn; the ratio of a round is variant / (a) of that round, and the table shows the median of the per-round
+ratios with their min-max. Interleaving makes the ratios robust to load that comes and goes; the min-max says how
+much it moved them. Before timing, the script checks the machine: a load average above the free cores, or a big matmul
+that does not speed up with the threads, prints a WARNING (the figures then measure contention as much as code).
 
-    python bench/edge.py [--threads 1 2] [--reps 9] [--number 10] [--no-compile] [--json bench/edge.json]
+Memory: peak resident set size of loading a variant and running one image-caption inference (text features, image
+features, one fused ITM pass), each in a fresh subprocess, measured from after the imports: the peak mark is reset
+once torch / bitgen / onnxruntime are imported (`/proc/self/clear_refs`, Linux) and the RSS at that point subtracted
+from the peak that follows; ratio to (a) loaded with `from_pretrained`.
+
+Targets (printed with met / NOT met): packed text path <= 1.0x fp32 eager at 16 and 64 tokens (1 thread); fully
+ternary image path <= 0.7x fp32 eager and ORT packed <= 0.7x ORT fp32; QAT eval <= 1.2x packed; ONNX bundle of the
+fully ternary build <= 16 MB with a text side <= 8 MB; peak RSS of packed load + inference <= 0.8x fp32.
+Writes everything to `--json` (bench/*.json is git-ignored). About 10 minutes on 2 cores (--no-compile: 4).
+
+    python bench/edge.py [--threads 1 2] [--reps 7] [--number 3] [--no-compile] [--no-onnx] [--tiny] [--json bench/edge.json]
 """
-import argparse, json, platform, tempfile
+import argparse, json, os, platform, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
-import torch
-from transformers.utils import logging
-from bitgen.model import BitGenConfig, BitGenModel
-from bitgen.export import export_packed, load_packed, median_latency, size_report, size_table
 
-NAMES = {'a': '(a) fp32 nn.Linear', 'b': '(b) QAT eval', 'c': '(c) packed', 'd': '(d) fully ternary packed'}
+ROWS_TEXT = (16, 64, 256)
 
 
-def build(tmp: Path):
-    "The four variants and the size reports of their files"
-    torch.manual_seed(0)
-    fp32, qat, full = (BitGenModel(BitGenConfig(**kw)).eval() for kw in (dict(bitnet=False), {}, dict(bitnet_vision=True)))
-    sizes = {}
-    for name, m in (('fp32 (a)', fp32), ('fp32 QAT (b)', qat)):
-        m.save_pretrained(tmp/name); sizes[name] = size_report(tmp/name/'model.safetensors', m)
-    for fmt, emb in (('base3', 'fp16'), ('base3', 'int8'), ('2bit', 'int8')):
-        sizes[f'{fmt} {emb} (c)'] = export_packed(qat, tmp/f'{fmt}_{emb}.safetensors', fmt=fmt, embeddings=emb)
-    sizes['base3 int8 (d)'] = export_packed(full, tmp/'full.safetensors', fmt='base3', embeddings='int8')
-    models = dict(a=fp32, b=qat, c=load_packed(tmp/'base3_int8.safetensors'), d=load_packed(tmp/'full.safetensors'))
-    return models, sizes
+def _status(key: str) -> int:
+    "A size (bytes) from /proc/self/status: VmRSS (resident now) or VmHWM (peak resident since the last reset)"
+    for line in Path('/proc/self/status').read_text().splitlines():
+        if line.startswith(key + ':'): return int(line.split()[1]) * 1024
+    raise RuntimeError(f'no {key} in /proc/self/status')
 
 
-def free_cores_check(threads):
-    "Warn when `threads` threads do not speed up a large matmul: the machine lacks free cores, timings measure contention"
-    x = torch.randn(1024, 1024)
-    t1, tn = (median_latency({'mm': lambda: x @ x}, reps=5, number=3, threads=t)['mm'] for t in (1, threads))
-    if t1 / tn < 1 + 0.3 * (threads - 1):
-        print(f"WARNING: a 1024^2 matmul runs {t1 / tn:.2f}x faster on {threads} threads than on 1: fewer than {threads} "
-              f"free cores, so the {threads}-thread timings below measure contention (OpenMP threads waiting for a core)")
+def _after_import() -> int:
+    "Reset the peak-RSS mark (Linux: `5 > /proc/self/clear_refs`) so that the import's own peak is not counted; RSS now"
+    Path('/proc/self/clear_refs').write_text('5')
+    return _status('VmRSS')
+
+
+def rss_child(variant: str, path: str, size: int):
+    "Subprocess body: load `variant` from `path`, run one image-caption inference, print RSS after import and the peak"
+    import numpy as np
+    if variant.startswith('ort'):
+        import onnxruntime as ort
+        base = _after_import()
+        so = ort.SessionOptions(); so.intra_op_num_threads = 1
+        s = {k: ort.InferenceSession(str(Path(path)/f'{k}.onnx'), so, providers=['CPUExecutionProvider'])
+             for k in ('image_encoder', 'text_encoder', 'itm')}
+        ids, mask = np.full((1, 16), 7, np.int64), np.ones((1, 16), np.int64)
+        emb, tokens = s['image_encoder'].run(None, {'pixel_values': np.random.rand(1, 3, size, size).astype(np.float32)})
+        t, states = s['text_encoder'].run(None, {'input_ids': ids, 'attention_mask': mask})
+        s['itm'].run(None, dict(text_states=states, attention_mask=mask, image_tokens=tokens))
+    else:
+        import torch
+        from bitgen.model import BitGenModel
+        from bitgen.export import load_packed
+        from bitgen.fusion import fused_encode
+        torch.set_num_threads(1)
+        base = _after_import()
+        m = BitGenModel.from_pretrained(path).eval() if variant == 'fp32' else load_packed(path)
+        with torch.inference_mode():
+            ids, img = torch.full((1, 16), 7), torch.rand(1, 3, size, size)
+            m.get_text_features(ids); tok = m.vision(img); m._image_feats(m._image_stream(tok))
+            ft, fi = fused_encode(m.encoder, m.fusion, ids, torch.ones_like(ids), tok)
+            m.itm_head(torch.cat([ft[:, 0], fi[:, 0]], -1))
+    print(json.dumps(dict(after_import=base, peak=_status('VmHWM'))))
+
+
+def peak_rss(variant, path, size) -> dict:
+    r = subprocess.run([sys.executable, __file__, '--rss-child', variant, str(path), str(size)], capture_output=True,
+                       text=True, timeout=600, env=os.environ | dict(OMP_NUM_THREADS='1'))
+    if r.returncode: raise RuntimeError(f"memory run of {variant} failed:\n{r.stderr[-2000:]}")
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    return d | dict(load_and_infer=d['peak'] - d['after_import'])
+
+
+def fmt(d: dict) -> str: return f"{d['ratio']:.2f} [{d['lo']:.2f}-{d['hi']:.2f}]"
+
+
+def rounds(fns: dict, base: str, reps: int, number: int, warmup: int = 1) -> dict:
+    "Interleaved rounds: {name: ms (median), ratio (median of per-round ratios to `base`), lo, hi}; base spread as noise"
+    times = {k: [] for k in fns}
+    for r in range(warmup + reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(number): f()
+            if r >= warmup: times[k].append((time.perf_counter() - t0) / number * 1e3)
+    out = {}
+    for k, v in times.items():
+        ratios = [a / b for a, b in zip(v, times[base])]
+        out[k] = dict(ms=statistics.median(v), ratio=statistics.median(ratios), lo=min(ratios), hi=max(ratios))
+    b = times[base]
+    out['_noise'] = (max(b) - min(b)) / statistics.median(b)   # spread of the baseline over the rounds
+    return out
+
+
+def machine_check(threads: int) -> list:
+    "Warnings about a machine too loaded for the timings to mean much"
+    import torch
+    from bitgen.export import median_latency
+    warns, cores = [], os.cpu_count() or 1
+    load = os.getloadavg()[0]
+    if load + threads > cores + 0.5:
+        warns.append(f"load average {load:.2f} on {cores} cores: fewer than {threads} free core(s) for the timings")
+    if threads > 1:
+        x = torch.randn(1024, 1024)
+        t1, tn = (median_latency({'mm': lambda: x @ x}, reps=5, number=3, threads=t)['mm'] for t in (1, threads))
+        if t1 / tn < 1 + 0.3 * (threads - 1):
+            warns.append(f"a 1024^2 matmul runs only {t1 / tn:.2f}x faster on {threads} threads than on 1: the "
+                         f"{threads}-thread timings measure contention (OpenMP threads waiting for a core)")
+    return warns
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--threads', type=int, nargs='+', default=[1, 2])
-    p.add_argument('--reps', type=int, default=9)
-    p.add_argument('--number', type=int, default=10, help='calls per timing (image: a third of it, at least 1)')
+    p.add_argument('--reps', type=int, default=7)
+    p.add_argument('--number', type=int, default=3, help='calls per variant per round (image: 1)')
     p.add_argument('--json', default=str(Path(__file__).with_name('edge.json')))
-    p.add_argument('--no-compile', dest='compile', action='store_false',
-                   help='skip the torch.compile timing of the text path (needs a C++ compiler; ~30 s to compile)')
+    p.add_argument('--no-compile', dest='compile', action='store_false', help='skip torch.compile (needs a C++ compiler)')
+    p.add_argument('--no-onnx', dest='onnx', action='store_false', help='skip ONNX Runtime')
+    p.add_argument('--tiny', action='store_true', help='a tiny configuration: checks that the script runs (seconds)')
+    p.add_argument('--rss-child', nargs=3, help=argparse.SUPPRESS)
     a = p.parse_args()
-    logging.disable_progress_bar()
-    with tempfile.TemporaryDirectory() as d:
-        models, sizes = build(Path(d))
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, BitGenConfig() defaults "
-          f"(text 128 wide, vocab 50257; DINOv2-small), random init\n")
-    print(size_table(sizes), '\n')
+    if a.rss_child: return rss_child(a.rss_child[0], a.rss_child[1], int(a.rss_child[2]))
 
-    ids, img = torch.randint(0, 50257, (1, 12)), torch.rand(1, 3, 224, 224)
-    with torch.inference_mode():   # (b) and (c) compute the same features: a packed file that drifted would show here
-        cos = torch.cosine_similarity(models['c'].get_text_features(ids), models['b'].get_text_features(ids)).item()
-    lat = {}
-    for t in a.threads:
-        if t > 1: free_cores_check(t)
-        text = median_latency({k: (lambda m=m: m.get_text_features(ids)) for k, m in models.items()},
-                              reps=a.reps, number=a.number, warmup=2, threads=t)
-        image = median_latency({k: (lambda m=m: m.get_image_features(img)) for k, m in models.items()},
-                               reps=a.reps, number=max(1, a.number // 3), warmup=1, threads=t)
-        lat[t] = dict(text=text, image=image)
-        print(f"latency, batch 1, {t} thread(s), median of {a.reps} rounds     ms (ratio to (a))")
-        for k, n in NAMES.items():
-            print(f"  {n:28s} text {text[k]:7.3f} ({text[k] / text['a']:.2f}x)   "
-                  f"image {image[k]:8.2f} ({image[k] / image['a']:.2f}x)")
+    import torch
+    import torch.nn.functional as F
+    from transformers.utils import logging
+    from bitgen.model import BitGenConfig, BitGenModel, tiny_config
+    from bitgen.export import export_packed, load_packed, export_onnx, size_report, size_table
+    logging.disable_progress_bar()
+    cfg = (lambda **kw: tiny_config(image_size=56, max_position_embeddings=256, **kw)) if a.tiny else BitGenConfig
+    size = 56 if a.tiny else 224
+    tmp = Path(tempfile.mkdtemp())
+    torch.manual_seed(0)
+    # momentum=0: no EMA towers (training-only state that the export drops; (a) would carry them into its file and RAM)
+    fp32, qat, full = (BitGenModel(cfg(momentum=0.0, **kw)).eval() for kw in (dict(bitnet=False), {}, dict(bitnet_vision=True)))
+    sizes = {}
+    for name, m in (('a', fp32), ('b', qat)):
+        m.save_pretrained(tmp/name); sizes[name] = size_report(tmp/name/'model.safetensors', m)
+    sizes['c'] = export_packed(qat, tmp/'c.safetensors', embeddings='int8')
+    sizes['d'] = export_packed(full, tmp/'d.safetensors', embeddings='int8')
+    models = dict(a=fp32, b=qat, c=load_packed(tmp/'c.safetensors'), d=load_packed(tmp/'d.safetensors'))
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{'tiny config' if a.tiny else 'BitGenConfig() defaults (text 128 wide, vocab 50257; DINOv2-small)'}, "
+          f"random init, image {size} px\n")
+    print(size_table({'(a) fp32': sizes['a'], '(b) QAT fp32': sizes['b'], '(c) packed': sizes['c'],
+                      '(d) all ternary': sizes['d']}), '\n')
+
+    onnx_sizes, sessions = {}, {}
+    if a.onnx:
+        import onnxruntime as ort
+        for k in 'acd':
+            t0 = time.time()
+            onnx_sizes[k] = export_onnx(models[k], tmp/f'onnx_{k}', image_size=size)
+            print(f"ONNX export of ({k}): {sum(onnx_sizes[k].values()) / 1e6:.3f} MB "
+                  f"({', '.join(f'{n} {b / 1e6:.3f}' for n, b in onnx_sizes[k].items())}) in {time.time() - t0:.0f} s")
+        print()
+
+    ids = {n: torch.randint(0, 50257 if not a.tiny else 64, (1, n)) for n in ROWS_TEXT}
+    img = torch.rand(1, 3, size, size)
+    with torch.inference_mode():   # the builds compute what they should: packed = QAT, ORT = PyTorch
+        cos = dict(text_c_vs_b=F.cosine_similarity(models['c'].get_text_features(ids[16]), qat.get_text_features(ids[16])).item())
     compiled = {}
-    if a.compile:   # the eager text path is bound by per-op overhead (13 tokens); fusion shows what the kernels can do
+    if a.compile:
         try:
-            fns = {k: torch.compile(models[k].get_text_features) for k in 'ac'}
+            t0 = time.time()
+            for k in 'acd':
+                compiled[k, 'text'] = torch.compile(models[k].get_text_features, dynamic=False)
+                compiled[k, 'image'] = torch.compile(models[k].get_image_features, dynamic=False)
             with torch.inference_mode():
-                for f in fns.values(): f(ids)
-            for t in a.threads:
-                compiled[t] = median_latency({k: (lambda f=f: f(ids)) for k, f in fns.items()},
-                                             reps=a.reps, number=a.number, warmup=2, threads=t)
-                print(f"  torch.compile, {t} thread(s): text (a) {compiled[t]['a']:.3f} ms, (c) {compiled[t]['c']:.3f} ms "
-                      f"({compiled[t]['c'] / compiled[t]['a']:.2f}x)")
-        except Exception as e: print(f"  torch.compile unavailable here: {type(e).__name__}: {str(e)[:200]}")
+                for (k, part), f in compiled.items():
+                    for n in ROWS_TEXT if part == 'text' else (None,): f(ids[n]) if part == 'text' else f(img)
+            print(f"torch.compile of (a), (c), (d): {time.time() - t0:.0f} s\n")
+        except Exception as e:
+            print(f"torch.compile unavailable here: {type(e).__name__}: {str(e)[:200]}\n"); compiled = {}
+
+    res, warns_all = {}, {}
+    for t in a.threads:
+        warns = machine_check(t); warns_all[t] = warns
+        for w in warns: print(f"WARNING ({t} thread(s)): {w}")
+        torch.set_num_threads(t)
+        if a.onnx:
+            so = ort.SessionOptions(); so.intra_op_num_threads, so.inter_op_num_threads = t, 1
+            sessions = {(k, g): ort.InferenceSession(str(tmp/f'onnx_{k}'/f'{g}.onnx'), so, providers=['CPUExecutionProvider'])
+                        for k in 'acd' for g in ('text_encoder', 'image_encoder')}
+        res[t] = {}
+        with torch.inference_mode():
+            for row in [f'text {n}' for n in ROWS_TEXT] + [f'image {size}']:
+                if row.startswith('text'):
+                    x = ids[int(row.split()[1])]
+                    fns = {f'{k} eager': (lambda m=m, x=x: m.get_text_features(x)) for k, m in models.items()}
+                    fns |= {f'{k} compiled': (lambda f=f, x=x: f(x)) for (k, part), f in compiled.items() if part == 'text'}
+                    feed = dict(input_ids=x.numpy(), attention_mask=torch.ones_like(x).numpy())
+                    fns |= {f'{k} ORT': (lambda s=s, feed=feed: s.run(['text_embeds'], feed)) for (k, g), s in sessions.items()
+                            if g == 'text_encoder'}
+                    number = a.number
+                else:
+                    fns = {f'{k} eager': (lambda m=m: m.get_image_features(img)) for k, m in models.items()}
+                    fns |= {f'{k} compiled': (lambda f=f: f(img)) for (k, part), f in compiled.items() if part == 'image'}
+                    feed = dict(pixel_values=img.numpy())
+                    fns |= {f'{k} ORT': (lambda s=s: s.run(['image_embeds'], feed)) for (k, g), s in sessions.items()
+                            if g == 'image_encoder'}
+                    number = 1
+                res[t][row] = rounds(fns, 'a eager', a.reps, number)
+        print(f"latency, batch 1, {t} thread(s): ratio to (a) fp32 eager, median of {a.reps} interleaved rounds [min-max]; "
+              f"ms of (a)")
+        cols = list(res[t][f'text {ROWS_TEXT[0]}'])[:-1]
+        print(f"  {'':10s}" + ''.join(f"{c:>20s}" for c in cols) + f"{'(a) ms':>10s}{'noise':>8s}")
+        for row, r in res[t].items():
+            cells = ''.join(f"{fmt(r[c]) if c in r else '-':>20s}" for c in cols)
+            flag = '  <- noisy' if r['_noise'] > 0.3 else ''
+            print(f"  {row:10s}" + cells + f"{r['a eager']['ms']:10.2f}{r['_noise']:8.2f}{flag}")
+        print()
+
+    mem = {}
+    print("peak RSS of load + one image-caption inference, from after the imports (fresh process each, 1 thread)")
+    for k, path in (('fp32', tmp/'a'), ('c packed', tmp/'c.safetensors'), ('d packed', tmp/'d.safetensors'),
+                    *((('ort c', tmp/'onnx_c'), ('ort d', tmp/'onnx_d'), ('ort a', tmp/'onnx_a')) if a.onnx else ())):
+        mem[k] = peak_rss(k if k == 'fp32' else ('ort' if k.startswith('ort') else 'packed'), path, size)
+        print(f"  {k:10s} {mem[k]['load_and_infer'] / 1e6:8.1f} MB  ({mem[k]['load_and_infer'] / mem['fp32']['load_and_infer']:.2f}x fp32)"
+              f"   [RSS after import {mem[k]['after_import'] / 1e6:.0f} MB]")
     print()
 
-    bits = max(sizes[k]['bits/ternary weight'] for k in sizes if k.startswith('base3'))
-    text_mb = sizes['base3 int8 (c)']['text side'] / 1e6
-    ratios = {t: v['text']['c'] / v['text']['a'] for t, v in lat.items()}
-    print(f"target: stored ternary weights <= 1.6 bits: base3 stores {bits:.5f} bits a weight: 8/5 for the codes plus "
-          f"each layer's padding to a multiple of 5 codes ({(bits / 1.6 - 1) * 100:+.4f}%); 2bit stores 2.0")
-    print(f"target: exported text side <= 8 MB: {text_mb:.3f} MB with int8 embedding "
-          f"({sizes['base3 fp16 (c)']['text side'] / 1e6:.3f} MB with fp16) -> "
-          f"{'met' if text_mb <= 8 else 'NOT met'} ({(text_mb / 8 - 1) * 100:+.1f}%)")
-    for t, r in ratios.items():
-        print(f"target: packed text latency <= 1.0x fp32 ({t} thread(s), eager): {r:.2f}x -> "
-              f"{'met' if r <= 1.0 else 'NOT met'} ({(r - 1) * 100:+.0f}%)")
-    for t, v in compiled.items():
-        print(f"  with torch.compile ({t} thread(s)): packed {v['c']:.3f} ms = {v['c'] / v['a']:.2f}x compiled fp32, "
-              f"{v['c'] / lat[t]['text']['a']:.2f}x eager fp32")
-    print(f"packed vs QAT text features: cosine {cos:.6f}")
-    Path(a.json).write_text(json.dumps(dict(sizes=sizes, latency_ms={str(t): v for t, v in lat.items()},
-                                            compiled_text_ms={str(t): v for t, v in compiled.items()},
-                                            bits_base3=bits, text_side_mb=text_mb, text_latency_ratio=ratios,
-                                            reps=a.reps, number=a.number, torch=torch.__version__), indent=1))
+    def verdict(name, value, target, unit='x'):
+        ok = value <= target
+        print(f"target: {name}: {value:.2f}{unit} (target <= {target}{unit}) -> {'met' if ok else 'NOT met'}"
+              + ('' if ok else f" (by {(value / target - 1) * 100:.0f}%)"))
+    t1 = res.get(1) or res[a.threads[0]]
+    tl = f" ({1 if 1 in res else a.threads[0]} thread)"
+    for n in (16, 64): verdict(f"packed text path, eager, {n} tokens{tl}", t1[f'text {n}']['c eager']['ratio'], 1.0)
+    verdict(f"fully ternary image path, eager{tl}", t1[f'image {size}']['d eager']['ratio'], 0.7)
+    if a.onnx:
+        r = t1[f'image {size}']
+        verdict(f"fully ternary image path, ORT packed / ORT fp32{tl}", r['d ORT']['ratio'] / r['a ORT']['ratio'], 0.7)
+    for n in ROWS_TEXT:
+        verdict(f"QAT eval / packed, text {n} tokens{tl}", t1[f'text {n}']['b eager']['ratio'] / t1[f'text {n}']['c eager']['ratio'], 1.2)
+    verdict(f"QAT eval / packed, image{tl}", t1[f'image {size}']['b eager']['ratio'] / t1[f'image {size}']['c eager']['ratio'], 1.2)
+    if a.onnx:
+        d = onnx_sizes['d']
+        verdict("ONNX bundle of the fully ternary build", sum(d.values()) / 1e6, 16, ' MB')
+        verdict("ONNX text side (text encoder + ITM scorer)", (d['text_encoder.onnx'] + d['itm.onnx']) / 1e6, 8, ' MB')
+    verdict("peak RSS, packed (c) load + inference / fp32", mem['c packed']['load_and_infer'] / mem['fp32']['load_and_infer'], 0.8)
+    verdict("peak RSS, fully ternary (d) load + inference / fp32", mem['d packed']['load_and_infer'] / mem['fp32']['load_and_infer'], 0.8)
+    print(f"packed vs QAT text features: cosine {cos['text_c_vs_b']:.6f}")
+    Path(a.json).write_text(json.dumps(dict(sizes=sizes, onnx_sizes=onnx_sizes, latency={str(t): v for t, v in res.items()},
+                                            memory=mem, warnings={str(t): w for t, w in warns_all.items()}, cosine=cos,
+                                            reps=a.reps, number=a.number, torch=torch.__version__, tiny=a.tiny), indent=1))
     print(f"wrote {a.json}")
 
 

@@ -25,9 +25,13 @@ class BitLinear(nn.Linear):
                  device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.norm = nn.RMSNorm(in_features, eps=eps, device=device, dtype=dtype)
+        self._frozen = None   # (weight versions, PackedBitLinear) of the eval/no-grad path; a tuple: not a submodule
 
     def forward(self, x:Tensor) -> Tensor:
-        return F.linear(fake_act_quant(self.norm(x)), fake_ternary(self.weight), self.bias)
+        if self.training or torch.is_grad_enabled():
+            return F.linear(fake_act_quant(self.norm(x)), fake_ternary(self.weight), self.bias)
+        return self.frozen()(x)   # eval without autograd: the integer kernel of the packed layer, codes cached
+
 
 # %% ../nbs/01_bitlinear.ipynb #34826cd9
 def make_linear(in_features:int, out_features:int, bias:bool=False,
@@ -58,48 +62,94 @@ def bitlinearize(module:nn.Module, # Module whose `nn.Linear` layers become `Bit
 
 # %% ../nbs/01_bitlinear.ipynb #6c577e56
 class PackedBitLinear(nn.Module):
-    "Inference-only BitLinear: packed ternary codes + one scale; int8 activations x ternary codes, rescaled once"
+    "Inference-only BitLinear: int8 ternary codes + one scale, RMSNorm folded into the per-token int8 quantiser"
     def __init__(self, in_features:int, out_features:int, bias:bool=False,
-                 fmt:str='2bit', # Storage format of the codes: "2bit" or "base3"
-                 eps:float=1e-6): # RMSNorm epsilon
+                 fmt:str='2bit', # Format the state dict stores the codes in: "2bit" or "base3"
+                 eps:float=1e-6, # RMSNorm epsilon
+                 device=None): # Where the (placeholder) tensors are made, e.g. "meta" for a skeleton
         super().__init__()
+        packed_numel(1, fmt)   # validates `fmt`
         self.in_features, self.out_features, self.fmt, self.eps = in_features, out_features, fmt, eps
-        self.register_buffer('packed', torch.ones(packed_numel(in_features * out_features, fmt), dtype=torch.uint8))
-        self.register_buffer('scale', torch.ones(()))                 # gamma = mean|W|: dequantised W = codes * scale
-        self.register_buffer('norm_weight', torch.ones(in_features))  # the RMSNorm gain
-        self.register_buffer('bias', torch.zeros(out_features) if bias else None)
-        self.register_buffer('codes_t', torch.zeros(in_features, out_features, dtype=torch.int8), persistent=False)
-        self.register_load_state_dict_post_hook(lambda m, _: m._unpack())
-        self._unpack()
+        self.register_buffer('codes', torch.zeros(out_features, in_features, dtype=torch.int8, device=device))  # W~
+        self.register_buffer('scale', torch.ones((), device=device))                # gamma: dequantised W = codes * gamma
+        self.register_buffer('norm_weight', torch.ones(in_features, device=device))  # the RMSNorm gain g
+        self.register_buffer('bias', torch.zeros(out_features, device=device) if bias else None)
+        self.register_buffer('h', torch.full((in_features,), 1 / 127, device=device), persistent=False)  # g * gamma / 127
+        self.register_buffer('eps_t', torch.full((), eps, device=device), persistent=False)
 
-    def _unpack(self):
-        "Refresh the int8 (in, out) code matrix the integer kernel reads from the packed bytes"
-        codes = unpack_ternary(self.packed.cpu(), (self.out_features, self.in_features), self.fmt)
-        self.codes_t = codes.t().contiguous().to(self.packed.device)
+    def _refresh(self):
+        "Recompute the folded gain from the scale and the RMSNorm gain"
+        self.h = self.norm_weight.float() * (self.scale.float() / 127)
 
     @classmethod
     def from_bitlinear(cls, lin:BitLinear, fmt:str='2bit'):
-        "Freeze a trained `BitLinear` into packed codes + scale"
+        "Freeze a trained `BitLinear` into int8 codes + scale"
         if not isinstance(lin, BitLinear): raise ValueError(f"expected a BitLinear, got {type(lin).__name__}")
-        new = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, fmt=fmt, eps=lin.norm.eps)
+        dev = lin.weight.device
+        new = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, fmt=fmt, eps=lin.norm.eps, device='meta')
         codes, g = ternary_quant(lin.weight.detach().float())
-        new.packed = pack_ternary(codes, fmt)
-        new.scale = g.clone()
+        new.codes, new.scale = codes, g.clone()
         new.norm_weight = lin.norm.weight.detach().float().clone()
         if lin.bias is not None: new.bias = lin.bias.detach().float().clone()
-        new._unpack()
-        return new.to(lin.weight.device)
+        new.eps_t = torch.full((), lin.norm.eps, device=dev)
+        new._refresh()
+        return new
 
-    def forward(self, x:Tensor) -> Tensor:
-        xq, s = act_quant(F.rms_norm(x.float(), (self.in_features,), self.norm_weight, self.eps))
-        x2 = xq.reshape(-1, self.in_features)
-        if x2.is_cpu: acc = torch._int_mm(x2, self.codes_t)                 # exact int32 accumulation
-        else: acc = x2.float() @ self.codes_t.float()                      # exact in fp32 for in_features <= 1040
-        y = acc.view(*x.shape[:-1], self.out_features) * (self.scale / s)  # the one rescale
-        if self.bias is not None: y = y + self.bias
-        return y.to(x.dtype)
 
-    def extra_repr(self): return f"in_features={self.in_features}, out_features={self.out_features}, fmt={self.fmt!r}"
+# %% ../nbs/01_bitlinear.ipynb #c0de7f01
+@patch
+def forward(self:PackedBitLinear, x:Tensor) -> Tensor: return self.linear(x, self.codes)
+
+@patch
+def linear(self:PackedBitLinear, x:Tensor, # Activations (..., in_features)
+           codes:Tensor, # The ternary codes [out, in] (the layer's own `codes`, or the same computed another way)
+          ) -> Tensor: # (..., out_features), in the dtype of `x`
+    "The layer's output on `x` with the codes `codes`"
+    u = x * self.h                                                     # (..., in): gain and gamma/127 folded in
+    m = u.abs().amax(-1, keepdim=True).clamp_(min=1e-30)               # (..., 1); an all-zero token stays zero
+    q = u.mul_(127 / m).round_().reshape(-1, self.in_features)        # int8 codes in [-127, 127] (as floats)
+    if codes.dtype == torch.int8 and q.is_cpu: acc = torch._int_mm(q.to(torch.int8), codes.t())  # exact int32
+    else: acc = q @ codes.t().to(q.dtype)                             # exact in fp32 for in_features <= 1040
+    vn = torch.linalg.vector_norm(x.float(), 2, -1, True)            # r^2 = |x|^2 / n + eps
+    f = torch.addcmul(self.eps_t, vn, vn, value=1 / self.in_features).rsqrt_().mul_(m)   # m / r, per token
+    y = acc.view(*x.shape[:-1], self.out_features) * f                # the one rescale
+    if self.bias is not None: y = y + self.bias
+    return y.to(x.dtype)
+
+@patch
+def _save_to_state_dict(self:PackedBitLinear, destination, prefix, keep_vars):
+    "Store the codes packed (`fmt`), with the scale, the RMSNorm gain and the bias"
+    if self.codes.is_meta: packed = torch.empty(packed_numel(self.codes.numel(), self.fmt), dtype=torch.uint8, device='meta')
+    else: packed = pack_ternary(self.codes.cpu().to(torch.int8), self.fmt).to(self.codes.device)
+    destination[prefix + 'packed'] = packed
+    for k in ('scale', 'norm_weight', 'bias'):
+        if getattr(self, k) is not None: destination[prefix + k] = getattr(self, k)
+
+@patch
+def _load_from_state_dict(self:PackedBitLinear, state_dict, prefix, local_metadata, strict, missing_keys,
+                          unexpected_keys, error_msgs):
+    "Unpack `packed` into the int8 code matrix; take the scale, gain and bias (assigned or copied)"
+    keys = ['packed', 'scale', 'norm_weight'] + (['bias'] if self.bias is not None else [])
+    missing_keys += [prefix + k for k in keys if prefix + k not in state_dict]
+    if any(prefix + k not in state_dict for k in keys): return
+    assign = local_metadata.get('assign_to_params_buffers', False)
+    try:
+        codes = unpack_ternary(state_dict[prefix + 'packed'].cpu(), (self.out_features, self.in_features), self.fmt)
+    except ValueError as e: error_msgs.append(f"{prefix}packed: {e}"); return
+    dev = self.codes.device if not self.codes.is_meta else state_dict[prefix + 'scale'].device
+    self.codes = codes.to(dev)
+    for k in keys[1:]:
+        v = state_dict[prefix + k]
+        if v.shape != getattr(self, k).shape:
+            error_msgs.append(f"{prefix}{k}: shape {tuple(v.shape)}, expected {tuple(getattr(self, k).shape)}"); return
+        setattr(self, k, v.float().to(dev) if assign or getattr(self, k).is_meta else getattr(self, k).copy_(v))
+    if self.eps_t.is_meta or self.eps_t.device != dev: self.eps_t = torch.full((), self.eps, device=dev)
+    self._refresh()
+
+@patch
+def extra_repr(self:PackedBitLinear):
+    return f"in_features={self.in_features}, out_features={self.out_features}, fmt={self.fmt!r}"
+
 
 # %% ../nbs/01_bitlinear.ipynb #09c48cbe
 @patch
@@ -112,6 +162,28 @@ def to_packed(self:BitLinear, fmt:str='2bit') -> PackedBitLinear:
 def max_rel_err(a:Tensor, b:Tensor) -> float:
     "max |a-b| / max |b|: a scale-free error that does not blow up on entries near zero"
     return ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
+
+# %% ../nbs/01_bitlinear.ipynb #b1f0c0de
+@patch
+def _weights_key(self:BitLinear) -> tuple:
+    "Identity and version of every tensor the frozen form is computed from: any in-place update or reassignment changes it"
+    ps = (self.weight, self.norm.weight) + ((self.bias,) if self.bias is not None else ())
+    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in ps)
+
+@patch
+def frozen(self:BitLinear) -> 'PackedBitLinear':
+    "This layer's `PackedBitLinear`, computed once and reused until a weight changes or the layer is put in training mode"
+    key = self._weights_key()
+    if self._frozen is None or self._frozen[0] != key:
+        with torch.inference_mode(False), torch.no_grad():   # ordinary tensors, usable outside inference mode too
+            self._frozen = key, PackedBitLinear.from_bitlinear(self)
+    return self._frozen[1]
+
+@patch
+def train(self:BitLinear, mode:bool=True):
+    self._frozen = None   # training changes the weights: drop the codes (rebuilt at the next eval call)
+    return nn.Module.train(self, mode)
+
 
 # %% ../nbs/01_bitlinear.ipynb #80ac9da2
 def pack_bitlinears(module:nn.Module, fmt:str='2bit') -> nn.Module:
