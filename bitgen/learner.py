@@ -12,7 +12,6 @@ __all__ = ['Stage1Adapter', 'stage1_loss', 'unwrap', 'RetrievalRecall', 'stage1_
 
 # %% ../nbs/11_learner.ipynb #14f6d8b3
 import contextlib, json, math, os, random, shutil, warnings
-from functools import partial
 from pathlib import Path
 import numpy as np
 import matplotlib.pyplot as plt
@@ -29,7 +28,6 @@ from fastai.callback.training import GradientAccumulation, GradientClip
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.tracker import TrackerCallback, EarlyStoppingCallback
 from fastcore.basics import patch
-from fastcore.foundation import L
 from fastcore.script import call_parse
 from .model import BitGenConfig, BitGenModel
 from .data import shapes_dls, coco_dls
