@@ -168,7 +168,7 @@ class TextEncoder(nn.Module):
         if bs is not None and tuple(attention_mask.shape) != (bs, L):
             raise ValueError(f"attention_mask must have the shape of input_ids {[bs, L]}, got {list(attention_mask.shape)}")
         m = _check_mask(attention_mask, attention_mask.shape[0], L)
-        if not (has := m.any(1)).all():   # a text of padding only: nothing real for its CLS to read
+        if L and not (has := m.any(1)).all():   # a text of padding only: nothing real for its CLS to read
             raise ValueError(f"attention_mask rows {(~has).nonzero().flatten()[:5].tolist()} are all 0: every text needs a token")
         return torch.cat([m.new_ones(m.shape[0], 1), m], dim=1)
 
@@ -176,6 +176,8 @@ class TextEncoder(nn.Module):
                 attention_mask:Tensor|None=None, # Padding mask [bs, L], 1 = token
                ) -> Tensor: # Normed hidden states [bs, 1+L, D]; row 0 is the CLS (the pooled text vector)
         "Encode a padded batch of token ids; `output[:, 0]` is the pooled text vector"
+        if input_ids.ndim == 2 and 0 in input_ids.shape:   # `embed` alone accepts [bs, 0]: an image-only fused pass
+            raise ValueError(f"input_ids {list(input_ids.shape)} is empty: need at least one text of at least one token")
         x = self.embed(input_ids)
         m = None if attention_mask is None else self.extend_mask(attention_mask, input_ids.shape[1], input_ids.shape[0])
         for blk in self.blocks: x = blk(x, mask=m)
@@ -186,8 +188,6 @@ def _check_ids(input_ids:Tensor, vocab_size:int, max_len:int):
     "Raise a ValueError for a non-[bs, L] integer tensor, a length over `max_len`, or ids outside [0, vocab_size)"
     if input_ids.ndim != 2 or input_ids.dtype.is_floating_point:
         raise ValueError(f"input_ids must be an integer tensor [batch, length], got {input_ids.dtype} {list(input_ids.shape)}")
-    if 0 in input_ids.shape:
-        raise ValueError(f"input_ids {list(input_ids.shape)} is empty: need at least one text of at least one token")
     if input_ids.shape[1] > max_len:
         raise ValueError(f"input length {input_ids.shape[1]} exceeds max_position_embeddings={max_len}")
     if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
