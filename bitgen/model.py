@@ -303,6 +303,14 @@ def _enqueue(model, txt, img, image_ids, ids_pad, mask_pad, img_tokens):
         extra.update(input_ids=ids_pad.int(), attention_mask=mask_pad.bool(), image_tokens=img_tokens.half())
     model.loss_fn.queue.enqueue(text_feats=txt, image_feats=img, image_ids=image_ids, **extra)
 
+# %% ../nbs/08_model.ipynb #2f4b8e1c
+def _finite_on_every_rank(x:Tensor) -> bool:
+    "Whether `x` is all finite here and, under `torch.distributed`, on every rank (so that all ranks take the same branch)"
+    ok = torch.isfinite(x).all().to(torch.int32)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    return bool(ok)
+
 # %% ../nbs/08_model.ipynb #9e5b22e8
 @patch
 def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids):
@@ -357,7 +365,8 @@ def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids)
                               attention_mask.new_ones(B, fi.shape[1])], 1)
         terms['recon'] = self.loss_fn.recon(self.decoder(dec_in, ctx, ctx_mask, dec_mask), tgt)
     total, terms = self.loss_fn(logs=logs, **terms)
-    if self.training: _enqueue(self, txt_k.detach(), img_k.detach(), image_ids, ids_pad, mask_pad, img_tokens)  # after the loss
+    if self.training and _finite_on_every_rank(total):   # after the loss, and never a non-finite batch
+        _enqueue(self, txt_k.detach(), img_k.detach(), image_ids, ids_pad, mask_pad, img_tokens)
     return total, terms, txt, img, txt_h, img_h, itm_logits
 
 # %% ../nbs/08_model.ipynb #8faf1095
