@@ -89,7 +89,7 @@ def _to_rgb(img:Image.Image, path=None) -> Image.Image:
     if img.mode == 'I' or img.mode.startswith('I;16'):
         a = np.asarray(img, dtype=np.float32)
         if img.mode != 'I' or a.max() > 255: a = a / 257  # 16-bit range to 8-bit
-        img = Image.fromarray(a.clip(0, 255).astype(np.uint8))
+        img = Image.fromarray(a.round().clip(0, 255).astype(np.uint8))
     if img.mode in ('RGBA', 'LA', 'PA') or 'transparency' in img.info:
         img = Image.alpha_composite(Image.new('RGBA', img.size, (255, 255, 255, 255)), img.convert('RGBA'))
     return img.convert('RGB')
