@@ -7,11 +7,11 @@ Docs: https://bitgen-ai.github.io/bitgen/data.html.md"""
 
 # %% auto #0
 __all__ = ['SHAPE_COLORS', 'SHAPE_KINDS', 'SHAPE_SIZES', 'IMAGE_ERRORS', 'load_tokenizer', 'shapes_tokenizer', 'BadImageError',
-           'read_rgb', 'CaptionsDataset', 'CocoCaptions', 'collate_captions', 'show_captions', 'CaptionDL',
-           'caption_dls', 'coco_dls', 'retrieval_dls', 'ShapesCaptions', 'shapes_dls']
+           'read_rgb', 'clean_caption', 'CaptionsDataset', 'CocoCaptions', 'skip_summary', 'collate_captions',
+           'show_captions', 'CaptionDL', 'caption_dls', 'coco_dls', 'retrieval_dls', 'ShapesCaptions', 'shapes_dls']
 
 # %% ../nbs/09_data.ipynb #ef3896ee
-import json, random, textwrap, warnings
+import json, random, re, textwrap, warnings
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -66,7 +66,7 @@ def shapes_tokenizer() -> PreTrainedTokenizerFast:
     return _finish_tokenizer(tok)
 
 # %% ../nbs/09_data.ipynb #72a9c20c
-IMAGE_ERRORS = ('missing_file', 'empty_file', 'not_an_image', 'corrupt_image')
+IMAGE_ERRORS = ('missing_file', 'empty_file', 'not_an_image', 'corrupt_image', 'bad_pixel_values')
 
 class BadImageError(ValueError):
     "An image file that cannot be used; `reason` is one of `IMAGE_ERRORS`"
@@ -74,12 +74,22 @@ class BadImageError(ValueError):
         super().__init__(f"{reason}: {path}" + (f" ({detail})" if detail else ''))
         self.path, self.reason = path, reason
 
-def _to_rgb(img:Image.Image) -> Image.Image:
-    "RGB version of any PIL mode: 16-bit rescaled, transparency composited over white"
+def _float_to_8bit(img:Image.Image, path) -> Image.Image:
+    "Mode `F` as 8-bit `L`: 0-1 floats scaled by 255, 0-255 kept, 0-65535 (16-bit data as floats) scaled by 1/257"
+    a = np.asarray(img, dtype=np.float32)
+    if not np.isfinite(a).all(): raise BadImageError(path, 'bad_pixel_values', f"{int((~np.isfinite(a)).sum())} NaN/inf pixels")
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0., 0.)
+    if lo < 0 or hi > 65535: raise BadImageError(path, 'bad_pixel_values', f"float pixels in [{lo:.4g}, {hi:.4g}]")
+    a = a * 255 if hi <= 1 else a if hi <= 255 else a / 257
+    return Image.fromarray(a.round().clip(0, 255).astype(np.uint8))
+
+def _to_rgb(img:Image.Image, path=None) -> Image.Image:
+    "RGB version of any PIL mode: 16-bit and float rescaled, transparency composited over white"
+    if img.mode == 'F': img = _float_to_8bit(img, path)
     if img.mode == 'I' or img.mode.startswith('I;16'):
         a = np.asarray(img, dtype=np.float32)
         if img.mode != 'I' or a.max() > 255: a = a / 257  # 16-bit range to 8-bit
-        img = Image.fromarray(a.clip(0, 255).astype(np.uint8))
+        img = Image.fromarray(a.round().clip(0, 255).astype(np.uint8))
     if img.mode in ('RGBA', 'LA', 'PA') or 'transparency' in img.info:
         img = Image.alpha_composite(Image.new('RGBA', img.size, (255, 255, 255, 255)), img.convert('RGBA'))
     return img.convert('RGB')
@@ -94,24 +104,50 @@ def read_rgb(path, # Image file
     try:
         with Image.open(path) as img:
             if size: img.draft('RGB', (size, size))
-            return _to_rgb(ImageOps.exif_transpose(img))  # exif_transpose returns a loaded copy
+            return _to_rgb(ImageOps.exif_transpose(img), path)  # exif_transpose returns a loaded copy
+    except BadImageError: raise
     except Image.UnidentifiedImageError as e: raise BadImageError(path, 'not_an_image', e) from e
     except Exception as e: raise BadImageError(path, 'corrupt_image', e) from e
 
 # %% ../nbs/09_data.ipynb #ca3c4e5b
+_SURROGATES = re.compile('[\ud800-\udfff]')   # lone surrogates: str can hold them, UTF-8 (and so a tokenizer) cannot
+
+def clean_caption(caption:str) -> tuple: # (whitespace-normalised caption, whether invalid code points were replaced)
+    "`caption` with lone surrogates replaced by U+FFFD and whitespace normalised, and whether anything was replaced"
+    fixed = _SURROGATES.sub('\ufffd', caption)
+    return ' '.join(fixed.split()), fixed != caption
+
+def _clean_captions(ids, captions, skipped:Counter) -> tuple:
+    "Ids that keep a caption, and their cleaned captions; what was dropped or repaired is counted in `skipped`"
+    out = {}
+    for i in ids:
+        caps = []
+        for c in captions.get(i, ()):
+            if not isinstance(c, str): skipped['caption_not_text'] += 1; continue
+            c, fixed = clean_caption(c)
+            if fixed: skipped['invalid_code_points'] += 1
+            if c: caps.append(c)
+            else: skipped['empty_caption'] += 1
+        if caps: out[i] = caps
+        else: skipped['image_without_caption'] += 1
+    return [i for i in ids if i in out], out
+
 class CaptionsDataset(torch.utils.data.Dataset):
     "Images with several captions each: one `(image [3,S,S] in [0,1], caption, image_id)` item per image"
+    max_warnings = 10   # skipped images warned about one by one; the rest are only counted
     def __init__(self, ids:list, # Image ids (ints), one item each, in order
-                 captions:dict, # image id -> non-empty list of captions
+                 captions:dict, # image id -> list of captions (cleaned here: see `clean_caption`)
                  train:bool=True, # Random caption (seeded) or the first one
                  seed:int|None=None, # Seed of the per-sample draws (None: a random seed)
                  skipped:Counter|None=None, # Counts of what the subclass skipped while reading, by reason
                 ):
-        if not ids: raise ValueError(f"no image with a caption: skipped {dict(skipped or {})}")
         if bad := [i for i in ids if not isinstance(i, int)][:3]: raise ValueError(f"image ids must be ints, got {bad}")
+        skipped = Counter(skipped or {})
+        ids, captions = _clean_captions(ids, captions, skipped)
+        if not ids: raise ValueError(f"no image with a caption: skipped {dict(+skipped)}")
         self.ids, self.captions, self.train, self.epoch = list(ids), captions, train, 0
         self.seed = random.randrange(2**32) if seed is None else seed
-        self._skipped = Counter(skipped or {})
+        self._skipped = +skipped
         self._bad = torch.zeros(len(self.ids), dtype=torch.int8).share_memory_()  # 1 + IMAGE_ERRORS index, 0 = ok
 
     def get_image(self, i:int, augment:bool|None=None):
@@ -128,10 +164,24 @@ class CaptionsDataset(torch.utils.data.Dataset):
         caps = self.captions[self.ids[i]]
         return caps[self._rng(i, 'caption').randrange(len(caps))] if self.train else caps[0]
 
+    def _skip(self, i:int, reason:str, detail=''):
+        "Record that image `i` cannot be used (once, shared with DataLoader workers); warn for the first `max_warnings`"
+        n_bad = int((self._bad > 0).sum())
+        self._bad[i] = IMAGE_ERRORS.index(reason) + 1
+        if n_bad < self.max_warnings:
+            more = (f" (the {self.max_warnings}th: further skipped images are counted in `skipped`, not warned about)"
+                    if n_bad == self.max_warnings - 1 else '')
+            warnings.warn(f"skipping image id {self.ids[i]}: {detail or reason}{more}")
+
     def __getitem__(self, i:int):
         n = len(self)
         for j in range(i, i + n):  # an unreadable image is replaced by the next readable one
-            if (img := self.get_image(j % n)) is not None: return img, self.caption(j % n), self.ids[j % n]
+            if self._bad[j % n] or (img := self.get_image(j % n)) is None: continue
+            if not (ok := bool(torch.isfinite(img).all())) or not -0.01 <= img.min() <= img.max() <= 1.01:
+                self._skip(j % n, 'bad_pixel_values', 'NaN/inf pixels' if not ok else
+                           f"pixels in [{img.min().item():.3g}, {img.max().item():.3g}], not [0, 1]")
+                continue
+            return img, self.caption(j % n), self.ids[j % n]
         raise ValueError(f"all {n} images of {self!r} are unreadable")
 
     def all_captions(self) -> list:
@@ -148,6 +198,21 @@ class CaptionsDataset(torch.utils.data.Dataset):
                 f"train={self.train}, skipped={dict(self.skipped)})")
 
 # %% ../nbs/09_data.ipynb #a84340d7
+def _read_json(path):
+    "Parse a JSON file; bytes that are not UTF-8 become lone surrogates (replaced and counted later), with a warning"
+    raw = Path(path).read_bytes()
+    enc = json.detect_encoding(raw)
+    try: text = raw.decode(enc)
+    except UnicodeDecodeError as e:
+        if not enc.startswith('utf-8'): raise ValueError(f"{path}: not valid {enc} at byte offset {e.start}") from e
+        text = raw.decode(enc, errors='surrogateescape')
+        n = len(re.findall('[\udc80-\udcff]', text))
+        warnings.warn(f"{path}: {n} bytes are not UTF-8 (the first at byte offset {e.start}: {raw[e.start:e.start + 4]!r}); "
+                      "the captions holding them are counted as invalid_code_points and get U+FFFD in their place")
+    try: return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno} (char {e.pos})") from None
+
 class CocoCaptions(CaptionsDataset):
     "An MS-COCO captions file + image folder; bad captions and images are skipped and counted, never fatal"
     def __init__(self, ann_file, # MS-COCO captions json (`captions_train2017.json`, ...)
@@ -159,22 +224,23 @@ class CocoCaptions(CaptionsDataset):
                 ):
         self.img_dir, self.img_size = Path(img_dir), img_size
         if not self.img_dir.is_dir(): raise ValueError(f"image folder {str(img_dir)!r} does not exist")
-        d = json.loads(Path(ann_file).read_text())
-        if not isinstance(d, dict) or not {'images', 'annotations'} <= d.keys():
-            raise ValueError(f"{ann_file} is not an MS-COCO captions file (needs 'images' and 'annotations')")
+        d = _read_json(ann_file)
+        if (not isinstance(d, dict) or not {'images', 'annotations'} <= d.keys()
+            or not isinstance(d['images'], list) or not isinstance(d['annotations'], list)):
+            raise ValueError(f"{ann_file} is not an MS-COCO captions file (needs lists 'images' and 'annotations')")
         files, caps, skipped = {}, {}, Counter()
+        is_id = lambda v: isinstance(v, int) and not isinstance(v, bool)
         for im in d['images']:
-            if im['id'] in files: skipped['duplicate_image_id'] += 1
+            if not (isinstance(im, dict) and is_id(im.get('id')) and isinstance(im.get('file_name'), str) and im['file_name']):
+                skipped['malformed_image_record'] += 1
+            elif im['id'] in files: skipped['duplicate_image_id'] += 1
             else: files[im['id']] = im['file_name']
         for a in d['annotations']:
-            c = ' '.join(a['caption'].split()) if isinstance(a.get('caption'), str) else ''
-            if a.get('image_id') not in files: skipped['unknown_image_id'] += 1
-            elif not c: skipped['empty_caption'] += 1
-            else: caps.setdefault(a['image_id'], []).append(c)
-        ids = [i for i in files if i in caps]
-        skipped['image_without_caption'] = len(files) - len(ids)
-        super().__init__(ids, caps, train, seed, +skipped)
-        self.file_names = [files[i] for i in ids]
+            if not (isinstance(a, dict) and is_id(a.get('image_id'))): skipped['malformed_annotation'] += 1
+            elif a['image_id'] not in files: skipped['unknown_image_id'] += 1
+            else: caps.setdefault(a['image_id'], []).append(a.get('caption'))
+        super().__init__(list(files), caps, train, seed, skipped)
+        self.file_names = [files[i] for i in self.ids]
         if self._skipped: warnings.warn(f"{ann_file}: skipped {dict(self._skipped)}")
         to_float = [v2.ToDtype(torch.float32, scale=True), v2.ToPureTensor()]
         self.train_tfm = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(img_size, scale=scale), *to_float])
@@ -187,13 +253,18 @@ class CocoCaptions(CaptionsDataset):
         if self._bad[i]: return None
         try: img = read_rgb(self.img_dir/self.file_names[i], self.img_size)
         except BadImageError as e:
-            self._bad[i] = IMAGE_ERRORS.index(e.reason) + 1
-            warnings.warn(f"skipping image id {self.ids[i]}: {e}")
+            self._skip(i, e.reason, e)
             return None
         if not (self.train if augment is None else augment): return self.valid_tfm(img)
         with torch.random.fork_rng(devices=[]):  # seed only the CPU generator, and restore it after
             torch.default_generator.manual_seed(self._rng(i, 'crop').getrandbits(63))
             return self.train_tfm(img)
+
+# %% ../nbs/09_data.ipynb #e7f3b1d4
+def skip_summary(**skipped) -> str: # One line per split
+    "What was skipped or repaired in each split, by reason, most frequent first: `skip_summary(train=ds.skipped, ...)`"
+    def line(c): return ', '.join(f"{k} {v}" for k, v in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))) or 'nothing'
+    return '\n'.join(f"skipped or repaired in {name}: {line(+Counter(c))}" for name, c in skipped.items())
 
 # %% ../nbs/09_data.ipynb #0d7f09e7
 def _tokenize(tokenizer, caps, max_length):

@@ -23,6 +23,8 @@ def _check_mask(mask:Tensor, bs:int, sk:int) -> Tensor:
         raise ValueError(f"mask must be bool or 0/1 integer (True/1 = attend), got dtype {mask.dtype}")
     if mask.ndim != 2 or mask.shape[0] not in (1, bs) or mask.shape[1] != sk:
         raise ValueError(f"mask must have shape [{bs}, {sk}] (batch, keys), got {list(mask.shape)}")
+    if mask.dtype != torch.bool and (bad := mask[(mask != 0) & (mask != 1)]).numel():   # 2 would silently mean "attend"
+        raise ValueError(f"mask values must be 0 or 1 (or bool), got {bad.unique()[:5].tolist()}")
     return mask.bool()
 
 def _attn_mask(mask:Tensor|None, bs:int, sq:int, sk:int, causal:bool) -> Tensor|None:
@@ -158,19 +160,26 @@ class TextEncoder(nn.Module):
 
     def extend_mask(self, attention_mask:Tensor|None, # Text padding mask [bs, L] (1 = token), or None
                     L:int, # Text length
-                    bs:int=1, # Batch size of the all-ones mask returned for `attention_mask=None`
+                    bs:int|None=None, # Batch size of `input_ids`: a given mask must be [bs, L] (None: any batch);
+                                      # also the size of the all-ones mask returned for `attention_mask=None` (default 1)
                    ) -> Tensor: # bool [bs, 1+L], the CLS column always True
-        "The padding mask of `[CLS; text]`"
-        if attention_mask is None: return torch.ones(bs, 1 + L, dtype=torch.bool, device=self.cls_token.device)
+        "The padding mask of `[CLS; text]`; refuses a mask of another shape than `[bs, L]` and a row with no token"
+        if attention_mask is None: return torch.ones(bs or 1, 1 + L, dtype=torch.bool, device=self.cls_token.device)
+        if bs is not None and tuple(attention_mask.shape) != (bs, L):
+            raise ValueError(f"attention_mask must have the shape of input_ids {[bs, L]}, got {list(attention_mask.shape)}")
         m = _check_mask(attention_mask, attention_mask.shape[0], L)
+        if L and not (has := m.any(1)).all():   # a text of padding only: nothing real for its CLS to read
+            raise ValueError(f"attention_mask rows {(~has).nonzero().flatten()[:5].tolist()} are all 0: every text needs a token")
         return torch.cat([m.new_ones(m.shape[0], 1), m], dim=1)
 
     def forward(self, input_ids:Tensor, # Token ids [bs, L]
                 attention_mask:Tensor|None=None, # Padding mask [bs, L], 1 = token
                ) -> Tensor: # Normed hidden states [bs, 1+L, D]; row 0 is the CLS (the pooled text vector)
         "Encode a padded batch of token ids; `output[:, 0]` is the pooled text vector"
+        if input_ids.ndim == 2 and 0 in input_ids.shape:   # `embed` alone accepts [bs, 0]: an image-only fused pass
+            raise ValueError(f"input_ids {list(input_ids.shape)} is empty: need at least one text of at least one token")
         x = self.embed(input_ids)
-        m = None if attention_mask is None else self.extend_mask(attention_mask, input_ids.shape[1])
+        m = None if attention_mask is None else self.extend_mask(attention_mask, input_ids.shape[1], input_ids.shape[0])
         for blk in self.blocks: x = blk(x, mask=m)
         return self.norm(x)
 

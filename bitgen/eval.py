@@ -11,6 +11,7 @@ __all__ = ['retrieval_ranks', 'recall_at_k', 'chance_recall', 'evaluating', 'ret
 
 # %% ../nbs/10_eval.ipynb #6817ed8e
 import math, textwrap
+from pathlib import Path
 from contextlib import contextmanager
 import torch
 from torch import Tensor
@@ -18,7 +19,8 @@ import matplotlib.pyplot as plt
 from fastcore.script import call_parse
 from transformers import AutoModel
 import bitgen.model  # registers BitGen with AutoConfig / AutoModel
-from .data import CaptionsDataset, CocoCaptions, ShapesCaptions, load_tokenizer, shapes_tokenizer, retrieval_dls
+from .data import CaptionsDataset, CocoCaptions, ShapesCaptions, load_tokenizer, shapes_tokenizer, retrieval_dls, skip_summary
+from .model import find_checkpoint
 
 # %% ../nbs/10_eval.ipynb #5e204ac4
 def retrieval_ranks(sim:Tensor, # [n_img, n_cap] similarity of every image (row) with every caption (column)
@@ -214,6 +216,9 @@ def bitgen_eval(checkpoint:str, # Folder written by `save_pretrained`
     if demo == (ann is not None): raise ValueError(f"give either --ann and --images or --demo, got ann={ann!r}, demo={demo}")
     if ann is not None and images is None: raise ValueError(f"--ann {ann} needs --images (its image folder)")
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    local = Path(checkpoint).expanduser()
+    if local.exists() or local.with_name(local.name + '.old').exists():   # else a Hub name, for `from_pretrained`
+        checkpoint = str(find_checkpoint(local, training_state=False))
     model = AutoModel.from_pretrained(checkpoint).to(device)
     size = img_size or model.config.image_size
     if demo: ds, tok = ShapesCaptions(n_demo, size, seed=0, train=False, first_id=512), shapes_tokenizer()
@@ -221,6 +226,7 @@ def bitgen_eval(checkpoint:str, # Folder written by `save_pretrained`
     img, img_ids, cap, cap_ids = retrieval_features(model, *_loaders(model, ds, tok, bs, None, device), device)
     res = recall_at_k(img @ cap.T, img_ids, cap_ids)
     n_cap = int(torch.isin(cap_ids, img_ids).sum())
-    print(f"{checkpoint}: {len(img_ids)} images, {n_cap} captions" + (f", skipped {dict(ds.skipped)}" if ds.skipped else ''))
+    print(f"{checkpoint}: {len(img_ids)} images, {n_cap} captions")
     print(_recall_table(res, chance_recall(len(img_ids), n_cap / len(img_ids))))
+    print(skip_summary(**{'the split': ds.skipped}))
     return res

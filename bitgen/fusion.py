@@ -79,7 +79,7 @@ def fused_encode(encoder:TextEncoder, # The text encoder whose top blocks host t
     n, f = len(encoder.blocks), fusion.num_layers
     if f > n: raise ValueError(f"fusion has {f} layers but the encoder only {n} blocks")
     x = encoder.embed(input_ids)
-    m = None if attention_mask is None else encoder.extend_mask(attention_mask, input_ids.shape[1])
+    m = None if attention_mask is None else encoder.extend_mask(attention_mask, input_ids.shape[1], input_ids.shape[0])
     for blk in encoder.blocks[:n - f]: x = blk(x, mask=m)
     txt, img = fusion(encoder.blocks[n - f:], x, m, img, img_mask, fuse=fuse)
     return encoder.norm(txt), img

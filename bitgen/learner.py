@@ -6,7 +6,7 @@ Docs: https://bitgen-ai.github.io/bitgen/learner.html.md"""
 
 # %% auto #0
 __all__ = ['Stage1Adapter', 'stage1_loss', 'unwrap', 'RetrievalRecall', 'stage1_metrics', 'stage1_splitter', 'stage1_opt',
-           'NoDecayCallback', 'PostStepCallback', 'NonFiniteLossCallback', 'atomic_save_dir', 'find_checkpoint',
+           'NoDecayCallback', 'PostStepCallback', 'NonFiniteLossCallback', 'disk_errors', 'atomic_save_dir',
            'CheckpointCallback', 'GlobalBatchDL', 'shard_dls', 'SyncCheckCallback', 'compile_towers', 'stage1_learner',
            'stage1_schedule', 'stage1_distrib_kwargs', 'demo_config', 'bitgen_train']
 
@@ -32,6 +32,13 @@ from fastcore.script import call_parse
 from .model import BitGenConfig, BitGenModel
 from .data import shapes_dls, coco_dls
 from .eval import retrieval_recall
+
+# %% ../nbs/11_learner.ipynb #5a1c7e2f
+import ctypes, errno, sys, tempfile
+from collections import Counter
+from contextlib import contextmanager
+from .data import skip_summary
+from .model import CHECKSUMS, write_checksums, verify_checkpoint, find_checkpoint
 
 # %% ../nbs/11_learner.ipynb #3553f905
 class Stage1Adapter(nn.Module):
@@ -138,39 +145,131 @@ class PostStepCallback(Callback):
                           "(batches of one image's captions, or a tiny final batch)")
 
 # %% ../nbs/11_learner.ipynb #6919d7ad
+def _on_any_rank(flag:bool, device) -> bool:
+    "`flag` or-ed over the ranks of `torch.distributed` (all ranks must skip the same step, or DDP's all-reduce waits forever)"
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()): return flag
+    t = torch.tensor(int(flag), device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t)
+
+def _running_stats(model:nn.Module) -> list:
+    "The running statistics of the model's batch norms (the projection heads'; a CNN tower's), which a forward updates"
+    return [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+
 class NonFiniteLossCallback(Callback):
-    "Skip batches whose loss is NaN/inf; stop training after `max_consecutive` in a row"
-    order, run_valid = -5, False
-    def __init__(self, max_consecutive:int=20): self.max_consecutive = max_consecutive
-    def before_fit(self): self.learn.nonfinite_skipped, self.run_of_bad, self.learn.nonfinite_stopped = 0, 0, False
-    def after_loss(self):
-        if torch.isfinite(self.learn.loss_grad).all(): self.run_of_bad = 0; return
-        self.learn.nonfinite_skipped += 1; self.run_of_bad += 1
+    "Skip a training step with a NaN/inf input, loss or gradient, the model untouched, and count it; stop after `max_consecutive` in a row"
+    order, run_valid = MixedPrecision.order - 1, False   # inputs before autocast starts; gradients before the AMP scaler steps
+    def __init__(self, max_consecutive:int=20): # Non-finite steps in a row that stop training
+        if isinstance(max_consecutive, bool) or not isinstance(max_consecutive, int) or max_consecutive < 1:
+            raise ValueError(f"max_consecutive must be an int >= 1, got {max_consecutive!r}")
+        self.max_consecutive = max_consecutive
+    def before_fit(self):
+        self.learn.nonfinite_skipped, self.learn.nonfinite_reasons, self.learn.nonfinite_stopped = 0, Counter(), False
+        self.run_of_bad = 0
+    def before_batch(self):
+        self.stats = [(b, b.clone()) for b in _running_stats(self.learn.model)]
+        bad = not all(bool(torch.isfinite(x).all()) for x in self.xb if torch.is_tensor(x) and x.is_floating_point())
+        if _on_any_rank(bad, self.dls.device): self._skip('input')
+    def after_loss(self): self.bad_loss = not bool(torch.isfinite(self.learn.loss_grad).all())
+    def before_backward(self):   # not in after_loss, which runs before `MixedPrecision` leaves autocast
+        if _on_any_rank(self.bad_loss, self.dls.device): self._skip('loss')
+    def before_step(self):   # once per optimizer step: `GradientAccumulation` (an earlier order) cancels the batches between
+        scaler = getattr(self.learn, 'scaler', None)
+        if scaler is not None and scaler.is_enabled(): return   # fp16: `GradScaler` skips inf steps and lowers its scale itself
+        grads = [p.grad for p in self.learn.model.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):   # DDP: the same averaged grads on every rank
+            self.learn.opt.zero_grad()   # the whole accumulated step goes; the next one starts clean
+            self._skip('gradient')
+        self.run_of_bad = 0
+    def _skip(self, what:str):
+        for b, v in self.stats: b.copy_(v)   # the forward's batch-norm updates go too
+        self.learn.nonfinite_skipped += 1; self.learn.nonfinite_reasons[what] += 1; self.run_of_bad += 1
+        self.learn.yb = ()   # fastai's Recorder leaves a batch without targets out of the (smoothed) training loss
         if self.run_of_bad >= self.max_consecutive:
             self.learn.nonfinite_stopped = True
-            warnings.warn(f"stopping: {self.run_of_bad} non-finite losses in a row (epoch {self.epoch}, iteration "
-                          f"{self.iter}); the last checkpoint is intact")
+            warnings.warn(f"stopping: {self.run_of_bad} non-finite steps in a row, the last with a non-finite {what} "
+                          f"(epoch {self.epoch}, iteration {self.iter}); the last checkpoint is intact")
             raise CancelFitException()
-        raise CancelBatchException()
+        raise CancelBatchException()   # not CancelStepException: `after_step` (the model's `post_step`) must not run
+    def after_fit(self):
+        if self.learn.nonfinite_skipped and not self.learn.nonfinite_stopped:
+            warnings.warn(f"{self.learn.nonfinite_skipped} training steps skipped for non-finite values, by where: "
+                          f"{dict(self.learn.nonfinite_reasons)}")
 
 # %% ../nbs/11_learner.ipynb #09820547
-def atomic_save_dir(write, dest) -> Path:
-    "Call `write(tmp_dir)`, then swap `tmp_dir` in as `dest` by renames: `dest` is always absent-or-complete"
+def _fsync(path):
+    "Flush a file's (or a folder's entries') data to the disk"
+    if os.name == 'nt' and os.path.isdir(path): return   # Windows cannot open a folder to sync it
+    fd = os.open(path, os.O_RDONLY)
+    try: os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EBADF): raise   # a folder on a file system that cannot sync one
+    finally: os.close(fd)
+
+def _exchange(a:Path, b:Path) -> bool:
+    "Swap two paths in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`); False where the OS or file system cannot"
+    if sys.platform != 'linux': return False
+    try: f = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError): return False   # a C library without renameat2 (glibc < 2.28, musl)
+    f.argtypes, f.restype = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint], ctypes.c_int
+    if f(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0: return True   # AT_FDCWD, RENAME_EXCHANGE
+    if (err := ctypes.get_errno()) in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP): return False
+    raise OSError(err, os.strerror(err), str(b))
+
+def _disk_full(e:BaseException, where:Path) -> bool:
+    "Whether `e` comes from a full disk: ENOSPC/EDQUOT in its chain, or a failed write with under 1 MiB left at `where`"
+    x = e
+    while x is not None:
+        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT) or 'No space left' in str(x): return True
+        x = x.__cause__ or x.__context__
+    try: return isinstance(e, Exception) and shutil.disk_usage(where).free < 1 << 20
+    except OSError: return False
+
+@contextmanager
+def disk_errors(path, what:str='writing'):
+    "Re-raise a full disk inside the block as `OSError(ENOSPC)` saying so and naming `path` (torch.save's own error says neither)"
+    try: yield
+    except Exception as e:
+        if not _disk_full(e, Path(path).parent): raise
+        raise OSError(errno.ENOSPC, f"disk full (no space left on device) while {what} {path}") from e
+
+def atomic_save_dir(write, # Called as `write(tmp_dir)`: writes the checkpoint's files
+                    dest, # The folder to (re)place
+                   ) -> Path:
+    "Call `write(tmp_dir)`, add `checksums.sha256`, fsync, then swap `tmp_dir` in as `dest`: `dest` is never incomplete"
     dest = Path(dest); tmp, old = dest.with_name(dest.name + '.tmp'), dest.with_name(dest.name + '.old')
     shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-    write(tmp)
-    if dest.exists():
-        shutil.rmtree(old, ignore_errors=True); os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        with disk_errors(dest, 'writing checkpoint'):
+            write(tmp)
+            sums = write_checksums(tmp)
+            for p in [*sorted(p for p in tmp.rglob('*') if p.is_file() and p != sums), sums, tmp]:
+                _fsync(p)   # the data on disk before any rename makes it visible
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)   # give the space back; `dest` was not touched
+        raise
+    if dest.exists() and _exchange(tmp, dest): shutil.rmtree(tmp)   # one atomic swap; tmp now holds the old folder
+    else:   # two renames: between them only `NAME.old` exists, and `find_checkpoint` reads it
+        if dest.exists(): shutil.rmtree(old, ignore_errors=True); os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync(dest.parent)
     return dest
 
-def find_checkpoint(path) -> Path:
-    "A complete checkpoint folder at `path`, or its `.old` twin left by a crash between the swap's renames"
-    path = Path(path)
-    for p in (path, path.with_name(path.name + '.old')):
-        if (p/'config.json').exists() and (p/'model.safetensors').exists(): return p
-    raise ValueError(f"no complete checkpoint at {path} (looked for config.json and model.safetensors)")
+def _read_training_state(ckpt:Path) -> tuple:
+    "`(tensors, json state)` of a checkpoint's `training_state.pt` / `.json`; a file that cannot be read raises naming it"
+    f = Path(ckpt)/'training_state.pt'
+    if not f.is_file(): raise ValueError(f"{f}: missing (a resumable checkpoint holds the training state)")
+    try: st = torch.load(f, weights_only=True)   # tensors and plain containers only: nothing unpickled
+    except Exception as e: raise ValueError(f"{f}: cannot be read, truncated or damaged ({type(e).__name__}: {e})") from e
+    f = f.with_suffix('.json')
+    try: js = json.loads(f.read_text())
+    except FileNotFoundError: raise ValueError(f"{f}: missing (a resumable checkpoint holds the training state)") from None
+    except ValueError as e: raise ValueError(f"{f}: cannot be read, truncated or damaged ({e})") from e
+    if not isinstance(st, dict) or not isinstance(js, dict):
+        raise ValueError(f"{ckpt}: training_state.pt / .json do not hold the training state ({type(st).__name__}, {type(js).__name__})")
+    return st, js
 
 # %% ../nbs/11_learner.ipynb #79bf00a5
 def _base_dl(dl): return dl.dl if isinstance(dl, DistributedDL) else dl   # the loader inside a distributed wrapper
@@ -368,8 +467,7 @@ def stage1_learner(dls, # fastai DataLoaders from `coco_dls` / `shapes_dls` (bat
     return learn
 
 def _load_training_state(learn, ckpt:Path):
-    st = torch.load(ckpt/'training_state.pt', weights_only=True)   # tensors and plain containers only: nothing unpickled
-    js = json.loads((ckpt/'training_state.json').read_text())
+    st, js = _read_training_state(ckpt)   # tensors and plain containers only: nothing unpickled; errors name the file
     if 'param_groups' not in st['opt']:
         raise ValueError(f"{ckpt/'training_state.pt'} holds the optimizer state of an older BitGen (fastai Adam), which this "
                          "version cannot continue: load its weights (AutoModel.from_pretrained) and start a new run from them")
@@ -394,8 +492,10 @@ def fit_stage1(self:Learner, n_epoch:int, # Total epochs of the run (a resumed r
                cbs=None):
     "Fit with the Stage-1 recipe's warmup + cosine schedule; continues a resumed run from its next epoch"
     r, start = self.recipe, self.resume_epoch
+    if isinstance(n_epoch, bool) or not isinstance(n_epoch, int) or n_epoch < 1: raise ValueError(f"n_epoch must be an int >= 1, got {n_epoch!r}")
     if start >= n_epoch: raise ValueError(f"the run is already at epoch {start}: nothing left of n_epoch={n_epoch}")
-    lr = lr or r['lr']
+    lr = r['lr'] if lr is None else lr
+    if not (isinstance(lr, (int, float)) and 0 < lr < math.inf): raise ValueError(f"lr must be a number > 0, got {lr!r}")
     n_steps, warmup = n_epoch * len(self.dls.train) // r['accum'], r['warmup_steps']
     if warmup > r['max_warmup_frac'] * n_steps:
         new = int(r['max_warmup_frac'] * n_steps)
@@ -430,6 +530,56 @@ def demo_config(vocab_size:int, **kwargs) -> BitGenConfig:
              pad_token_id=0, bos_token_id=0, eos_token_id=0)
     return BitGenConfig(**{**d, **kwargs})
 
+# %% ../nbs/11_learner.ipynb #a6d2f9e3
+_RUN_FILES = ('models/latest', 'models/best', 'models/latest.old', 'models/best.old', 'metrics.json', 'losses.json', 'loss.png', 'metrics.png')
+
+def _check_args(ints1=(), ints0=(), pos=(), nonneg=()):
+    "Refuse `bitgen-train` values: `ints1` ints >= 1, `ints0` ints >= 0, `pos` numbers > 0, `nonneg` numbers >= 0 ({name: value})"
+    rules = [(ints1, True, 1, 'an int >= 1'), (ints0, True, 0, 'an int >= 0'), (pos, False, None, 'a number > 0'),
+             (nonneg, False, 0, 'a number >= 0')]
+    for args, integer, lo, what in rules:
+        for k, v in dict(args).items():
+            if v is None: continue
+            ok = not isinstance(v, bool) and isinstance(v, int if integer else (int, float))
+            ok = ok and math.isfinite(v) and (v > 0 if lo is None else v >= lo)
+            if not ok: raise ValueError(f"--{k.replace('_', '-')} must be {what}, got {v!r}")
+
+def _prepare_out(out:Path, resume, overwrite:bool):
+    "Refuse an `out` holding a previous run unless resuming or overwriting it; create it and check that it can be written"
+    used = [f for f in _RUN_FILES if (out/f).exists()]
+    if used and resume is None and not overwrite:
+        raise ValueError(f"--out {out} holds a previous run ({', '.join(used)}): pass --resume {out/'models'/'latest'} to "
+                         "continue it, --overwrite to replace it, or another --out")
+    for d in (out, out/'models'):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=d): pass
+        except OSError as e:
+            raise OSError(e.errno, f"--out {out} cannot be written ({d}: {e.strerror}); nothing was trained") from e
+
+def _write_atomic(path:Path, write):
+    "`write(tmp)` to a temporary file beside `path`, fsync it, rename it over `path`; a full disk says so and names `path`"
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with disk_errors(path):
+            write(tmp); _fsync(tmp)
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+
+def _space_check(out:Path, model:nn.Module):
+    "Warn when `out` has less free space than two checkpoints and a temporary one take (weights + two AdamW moments each)"
+    need = 3 * 3 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if (free := shutil.disk_usage(out).free) < need:
+        warnings.warn(f"{out} has {free / 2**20:.0f} MiB free: latest/ and best/ with their temporary copy need about "
+                      f"{need / 2**20:.0f} MiB")
+
+def _run_summary(learn, dls) -> str:
+    "What a run skipped: data by split and reason, and training steps with non-finite values"
+    s = skip_summary(train=dls.train.dataset.skipped, valid=dls.valid.dataset.skipped)
+    if n := getattr(learn, 'nonfinite_skipped', 0):
+        s += f"\nskipped training steps (non-finite values): {n}, by where: {dict(learn.nonfinite_reasons)}"
+    return s
+
 # %% ../nbs/11_learner.ipynb #1f99bfe1
 @call_parse
 def bitgen_train(
@@ -437,11 +587,12 @@ def bitgen_train(
     train_ann:str=None, train_images:str=None, # COCO-format training captions json and image folder
     valid_ann:str=None, valid_images:str=None, # COCO-format validation captions json and image folder
     tokenizer:str='gpt2', # Tokenizer name or local folder (demo: the shapes tokenizer)
-    out:str='bitgen-run', # Output folder: models/{latest,best}, loss plot, metrics
+    out:str='bitgen-run', # Output folder: models/{latest,best}, loss plot, metrics (refused if it holds a run)
+    overwrite:bool=False, # Train into an --out that holds a previous run, replacing its checkpoints, plots and metrics
     epochs:int=None, # Epochs (default: 30 for COCO, 8 for the demo)
     bs:int=None, # Micro-batch size per process (default: 128 for COCO, 32 for the demo); global batch = bs x processes x accum
     accum:int=None, # Gradient accumulation steps (default: 2; demo: 1)
-    lr:float=2e-4, # Peak learning rate (demo default: 2e-3)
+    lr:float=None, # Peak learning rate (default: 2e-4; demo: 2e-3)
     wd:float=0.02, # Weight decay
     clip:float=1.0, # Gradient clipping norm
     warmup:int=None, # Warmup optimizer steps (default: 1000; demo: 20)
@@ -466,23 +617,29 @@ def bitgen_train(
     n_valid:int=256, # Demo: validation images
 ):
     "Train BitGen Stage 1 with the model card's recipe"
+    pick = lambda v, default: default if v is None else v   # None is "default"; 0 is a value (and refused where it is bad)
+    if not demo and not all((train_ann, train_images, valid_ann, valid_images)):
+        raise ValueError("give --demo, or all of --train-ann --train-images --valid-ann --valid-images")
+    d = dict(epochs=8, bs=32, img_size=64, accum=1, lr=2e-3, warmup=20) if demo else \
+        dict(epochs=30, bs=128, img_size=224, accum=2, lr=2e-4, warmup=1000)
+    epochs, bs, img_size, accum, lr, warmup = (pick(v, d[k]) for k, v in
+        dict(epochs=epochs, bs=bs, img_size=img_size, accum=accum, lr=lr, warmup=warmup).items())
+    _check_args(ints1=dict(epochs=epochs, bs=bs, img_size=img_size, accum=accum, patience=patience, max_length=max_length,
+                           n_train=n_train, n_valid=n_valid),
+                ints0=dict(warmup=warmup, queue_size=queue_size, num_workers=num_workers, seed=seed),
+                pos=dict(lr=lr, clip=clip, temperature=temperature), nonneg=dict(wd=wd))
+    out = Path(out)
+    _prepare_out(out, resume, overwrite)   # before any data is read: a used or unwritable --out fails in seconds
     torch.manual_seed(seed); random.seed(seed); np.random.seed(seed)
-    pick = lambda v, default: default if v is None else v
-    if demo:
-        epochs, bs, img_size, accum = pick(epochs, 8), pick(bs, 32), pick(img_size, 64), pick(accum, 1)
-        lr, warmup = (2e-3 if lr == 2e-4 else lr), pick(warmup, 20)
-        dls = shapes_dls(n_train=n_train, n_valid=n_valid, img_size=img_size, bs=bs, seed=seed, num_workers=num_workers)
+    if demo: dls = shapes_dls(n_train=n_train, n_valid=n_valid, img_size=img_size, bs=bs, seed=seed, num_workers=num_workers)
     else:
-        if not all((train_ann, train_images, valid_ann, valid_images)):
-            raise ValueError("give --demo, or all of --train-ann --train-images --valid-ann --valid-images")
-        epochs, bs, img_size, warmup, accum = pick(epochs, 30), pick(bs, 128), pick(img_size, 224), pick(warmup, 1000), pick(accum, 2)
         dls = coco_dls(train_ann, train_images, valid_ann, valid_images, tokenizer=tokenizer, bs=bs, img_size=img_size,
                        max_length=max_length, num_workers=num_workers, seed=seed)
     tok = dls.tokenizer
     kw = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id or tok.eos_token_id,
               eos_token_id=tok.eos_token_id, bitnet=not full_precision, freeze_vision=freeze_vision, image_size=img_size,
               vision_backbone=vision_backbone, momentum_dtype=momentum_dtype)
-    if not demo: kw['max_position_embeddings'] = max(max_length, 1)
+    if not demo: kw['max_position_embeddings'] = max_length
     if queue_size is not None: kw['queue_size'] = queue_size
     if temperature is not None: kw['temperature'] = temperature
     if vision_backbone == 'dinov2' and vision_weights:   # the backbone's shape comes with its pretrained weights
@@ -500,17 +657,22 @@ def bitgen_train(
     learn = stage1_learner(dls, model=model, lr=lr, wd=wd, accum=accum, clip=clip, warmup_steps=warmup,
                            patience=patience, path=out, resume=resume, push_to_hub=push_to_hub, compile=compile,
                            check_sync=check_sync)
-    learn.fit_stage1(epochs)
-    out = Path(out)
-    if rank_distrib() != 0:   # rank 0 writes the plots and metrics and reports
+    main = rank_distrib() == 0   # rank 0 writes the plots and metrics and reports
+    if main: _space_check(out, unwrap(learn.model))
+    try: learn.fit_stage1(epochs)
+    finally:
+        if main: print(_run_summary(learn, dls))   # once, at the end (also of a failed run)
+    if not main:
         if getattr(learn, 'nonfinite_stopped', False): raise SystemExit("training stopped on non-finite losses")
         return learn
-    learn.recorder.plot_loss(skip_start=0); plt.savefig(out/'loss.png', dpi=100); plt.close('all')
-    learn.recorder.plot_stage1(); plt.savefig(out/'metrics.png', dpi=100); plt.close('all')
+    learn.recorder.plot_loss(skip_start=0); _write_atomic(out/'loss.png', lambda p: plt.savefig(p, dpi=100, format='png'))
+    plt.close('all')
+    learn.recorder.plot_stage1(); _write_atomic(out/'metrics.png', lambda p: plt.savefig(p, dpi=100, format='png'))
+    plt.close('all')
     names = learn.recorder.metric_names[1:-1]
     hist = [dict(zip(names, map(float, v))) for v in learn.recorder.values]
-    (out/'metrics.json').write_text(json.dumps(hist, indent=1))
-    (out/'losses.json').write_text(json.dumps([float(x) for x in learn.recorder.losses]))   # smoothed, per training batch
+    _write_atomic(out/'metrics.json', lambda p: p.write_text(json.dumps(hist, indent=1)))
+    _write_atomic(out/'losses.json', lambda p: p.write_text(json.dumps([float(x) for x in learn.recorder.losses])))   # smoothed, per batch
     if hist and 'i2t_r1' in hist[-1]:
         from bitgen.eval import chance_recall
         n_img = len(dls.valid.dataset.ids); ch = chance_recall(n_img, len(dls.valid.dataset.all_captions()) / n_img)

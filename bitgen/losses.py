@@ -144,14 +144,16 @@ def itc_loss(txt:Tensor, # [B, E] L2-normalised text features
 def sample_hard_negatives(sim:Tensor, # [N, M] similarities of N rows to M candidates
                           row_ids:Tensor, # [N] image id of each row
                           col_ids:Tensor, # [M] image id of each candidate
-                          eps:float=1e-6, # Floor added to the other-image entries' probabilities
+                          eps:float=1e-6, # Floor added to the other-image entries' probabilities (>= 0)
                           generator:torch.Generator|None=None,
                          ) -> Tensor: # [N] index of one negative candidate per row; -1 for a row without any
     "Sample one negative per row with p = softmax(sim) over candidates of another image (-1 where there is none)"
+    if not (isinstance(eps, (int, float)) and 0 <= eps < float('inf')): raise ValueError(f"eps must be a float >= 0, got {eps!r}")
     other = row_ids[:, None] != col_ids[None, :]
     has = other.any(1)
     p = F.softmax(sim.float(), dim=1)
     w = (torch.where(torch.isfinite(p), p, 0.) + eps) * other
+    w = torch.where(w.sum(1, keepdim=True) > 0, w, other.float())   # nothing left (eps=0): uniform over the other images
     w = torch.where(has[:, None], w, 1.)                  # any valid row for multinomial; replaced by -1 below
     return torch.where(has, torch.multinomial(w, 1, generator=generator).squeeze(1), -1)
 
