@@ -62,8 +62,9 @@ class FIBERFusion(nn.Module):
             raise ValueError(f"img must be [{txt.shape[0]}, 1+P, {self.hidden_size}], got {list(img.shape)}")
         for tb, ib, txa, ixa in zip(text_blocks, self.image_blocks, self.text_xattn, self.image_xattn):
             t, i = txt, img   # both streams cross-attend to the other's states from the previous layer
-            txt = tb(t, mask=txt_mask, cross=(lambda h: txa(h, i, img_mask)) if fuse else None)
-            img = ib(i, mask=img_mask, cross=(lambda h: ixa(h, t, txt_mask)) if fuse else None)
+            # (the hooks bind this layer's modules and states: gradient checkpointing calls them again in the backward pass)
+            txt = tb(t, mask=txt_mask, cross=(lambda h, txa=txa, i=i: txa(h, i, img_mask)) if fuse else None)
+            img = ib(i, mask=img_mask, cross=(lambda h, ixa=ixa, t=t: ixa(h, t, txt_mask)) if fuse else None)
         return txt, self.image_norm(img)
 
 # %% ../nbs/05_fusion.ipynb #120d7758
