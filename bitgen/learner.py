@@ -295,14 +295,56 @@ def _set_rng_state(learn, tensors, js):
     for d, k in ((dl, 'train_ds_epoch'), (learn.dls.valid, 'valid_ds_epoch')):
         if js[k] is not None: d.dataset.set_epoch(js[k])
 
+from .model import model_card
+from .data import BitGenProcessor, BitGenImageProcessor
+
+@contextmanager
+def _no_hf_progress_bars():
+    "Hide transformers' progress bars (its two 'Writing model shards' bars of a save) inside the block; warnings still show"
+    from transformers.utils import logging as hf_logging
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try: yield
+    finally:
+        if was: hf_logging.enable_progress_bar()
+
+def _card_metrics(recorder) -> dict:
+    "The last epoch's recorded figures (train and valid loss, the loss terms, retrieval), by name"
+    names = list(recorder.metric_names[1:-1])   # without 'epoch' and 'time'
+    vals = recorder.values[-1] if recorder.values else []
+    return {n: float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v for n, v in zip(names, vals) if v is not None}
+
+def _card_data(dls) -> str|None:
+    "A line on the data of `dls` for the model card"
+    try: trn, val = dls.train_ds, dls.valid_ds
+    except (AttributeError, IndexError): return None
+    size = getattr(trn, 'img_size', None)
+    return (f"{type(trn).__name__}: {len(trn)} training and {len(val)} validation images"
+            + (f" at {size} px" if size else '') + f", tokenizer {type(dls.tokenizer).__name__} ({len(dls.tokenizer)} tokens).")
+
 class CheckpointCallback(TrackerCallback):
-    "Atomic `save_pretrained` checkpoints `latest/` (every epoch) and `best/` (on improvement), with the training state; rank 0 writes"
+    "Atomic `save_pretrained` checkpoints `latest/` (every epoch) and `best/` (on improvement), with the processor, a model card and the training state; rank 0 writes"
     order = TrackerCallback.order - 1   # before EarlyStoppingCallback, which may end the fit in the same after_epoch
     def __init__(self, monitor='valid_loss', push_to_hub:str|None=None):
         super().__init__(monitor=monitor); self.hub_repo, self.resume_state = push_to_hub, None
 
     @property
     def dir(self) -> Path: return Path(self.learn.path)/self.learn.model_dir
+
+    def before_fit(self):
+        super().before_fit()
+        if self.run: self.processor = self._processor()   # at fit start: a checkpoint without its processor is refused now
+
+    def _processor(self) -> BitGenProcessor:
+        "`dls.processor`, or one built from `dls.tokenizer` and the model's `image_size`"
+        dls = self.learn.dls
+        if (p := getattr(dls, 'processor', None)) is not None: return p
+        tok = getattr(dls, 'tokenizer', None)
+        if tok is None:
+            raise ValueError("checkpoints hold the processor, but these DataLoaders have neither `processor` nor `tokenizer`: "
+                             "set `dls.processor = bitgen_processor(tokenizer, image_size)` (from bitgen.data) before fitting")
+        return BitGenProcessor(BitGenImageProcessor(size=unwrap(self.learn.model).config.image_size), tok,
+                               max_length=getattr(_base_dl(dls.train), 'max_length', None))
 
     def before_epoch(self):
         if self.resume_state is None: return
@@ -318,8 +360,12 @@ class CheckpointCallback(TrackerCallback):
         es = [cb for cb in self.learn.cbs if isinstance(cb, EarlyStoppingCallback)]
         js.update(epoch=self.epoch + getattr(self.learn, 'epoch_offset', 0), best=float(self.best), early_stopping_wait=es[0].wait if es else 0,
                   nonfinite_skipped=getattr(self.learn, 'nonfinite_skipped', 0))
+        card = model_card(model, metrics={'epoch': js['epoch'], **_card_metrics(self.recorder)}, recipe=getattr(self.learn, 'recipe', None),
+                          data=_card_data(self.learn.dls))
         def write(d):
-            model.save_pretrained(d)   # the model only: the momentum towers and the queue go into the training state
+            with _no_hf_progress_bars():   # two "Writing model shards" bars per save would fill a log
+                model.save_pretrained(d, card=card)   # the model only: the momentum towers and the queue go into the training state
+            self.processor.save_pretrained(d)
             torch.save({'opt': self.learn.opt.state_dict(), **model.training_state(), 'rng': tensors}, d/'training_state.pt')
             (d/'training_state.json').write_text(json.dumps(js))
         dest = self.dir/name
