@@ -527,6 +527,12 @@ class ShapesCaptions(CaptionsDataset):
         "Image `i` as a float tensor [3,S,S] in [0,1] (never augmented)"
         return self.images[i].float() / 255
 
+    def new_empty(self):
+        "An empty copy (same settings, no images or captions): what fastai's `Learner.export` keeps of the data"
+        new = CaptionsDataset.new_empty(self)
+        new.scenes, new.images = [], self.images[:0].clone()
+        return new
+
 def shapes_dls(n_train:int=512, # Training images
                n_valid:int=128, # Validation images (ids follow the training ids)
                img_size:int=64, # Side of the square images
@@ -541,3 +547,15 @@ def shapes_dls(n_train:int=512, # Training images
     val = ShapesCaptions(n_valid, img_size, seed, train=False, first_id=n_train)
     return caption_dls(trn, val, shapes_tokenizer() if tokenizer is None else tokenizer, bs, max_length=max_length,
                        seed=seed, **kwargs)
+
+# %% ../nbs/09_data.ipynb #b8d2f0e4
+import copy
+from fastcore.basics import patch
+
+@patch
+def new_empty(self:CaptionsDataset):
+    "An empty copy (same class and settings, no items): what fastai's `Learner.export` keeps of a dataset"
+    new = copy.copy(self)
+    new.ids, new.captions, new._skipped, new._bad = [], {}, Counter(), torch.zeros(0, dtype=torch.int8)
+    if hasattr(new, 'file_names'): new.file_names = []   # `CocoCaptions`
+    return new

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 from fastcore.script import call_parse
 from transformers import AutoModel
 import bitgen.model  # registers BitGen with AutoConfig / AutoModel
-from .data import CaptionsDataset, CocoCaptions, ShapesCaptions, load_tokenizer, shapes_tokenizer, retrieval_dls, skip_summary
+from .data import CaptionsDataset, CaptionDL, CocoCaptions, ShapesCaptions, load_tokenizer, shapes_tokenizer, retrieval_dls, skip_summary
 from .model import find_checkpoint
 
 # %% ../nbs/10_eval.ipynb #5e204ac4
@@ -116,7 +116,9 @@ def retrieval_features(model, # A `BitGenModel` (anything with `get_image_featur
 
 # %% ../nbs/10_eval.ipynb #54f7849d
 def _loaders(model, data, tokenizer, bs, max_length, device) -> tuple:
-    "`(img_dl, cap_dl)` of `data`: a `CaptionsDataset` (needs the tokenizer) or already a pair of loaders"
+    "`(img_dl, cap_dl)` of `data`: a `CaptionsDataset` (needs the tokenizer), a `CaptionDL` (its dataset, tokenizer and max_length) or a pair of loaders"
+    if isinstance(data, CaptionDL) and isinstance(data.dataset, CaptionsDataset):
+        tokenizer, max_length, data = data.tokenizer if tokenizer is None else tokenizer, max_length or data.max_length, data.dataset
     if isinstance(data, CaptionsDataset):
         if tokenizer is None: raise ValueError("tokenizer=None: a dataset needs the tokenizer the model was trained with")
         tok, vocab = load_tokenizer(tokenizer), model.config.vocab_size
@@ -125,14 +127,14 @@ def _loaders(model, data, tokenizer, bs, max_length, device) -> tuple:
                              "is it the tokenizer the model was trained with?")
         return retrieval_dls(data, tok, bs, max_length or model.config.max_position_embeddings, device=device)
     if isinstance(data, (tuple, list)) and len(data) == 2: return tuple(data)
-    raise ValueError(f"data must be a CaptionsDataset or an (img_dl, cap_dl) pair, got {type(data).__name__}")
+    raise ValueError(f"data must be a CaptionsDataset, a CaptionDL or an (img_dl, cap_dl) pair, got {type(data).__name__}")
 
 def retrieval_recall(model, # A `BitGenModel`
-                     data, # A `CaptionsDataset` (every caption of every image is used) or an `(img_dl, cap_dl)` pair
-                     tokenizer=None, # Anything `load_tokenizer` takes (needed with a dataset)
+                     data, # A `CaptionsDataset` (every caption of every image is used), a `CaptionDL` over one (e.g. `dls.valid`) or an `(img_dl, cap_dl)` pair
+                     tokenizer=None, # Anything `load_tokenizer` takes (needed with a dataset; a `CaptionDL` brings its own)
                      bs:int=128, # Batch size of both loaders (with a dataset)
                      ks=(1, 5, 10), # The K of Recall@K
-                     max_length:int|None=None, # Caption truncation (default: the model's `max_position_embeddings`)
+                     max_length:int|None=None, # Caption truncation (default: a `CaptionDL`'s, else the model's `max_position_embeddings`)
                      device=None, # Where features are computed; the model must be there (default: the model's device)
                     ) -> dict: # {'i2t_r1': ..., 't2i_r10': ...}, fractions in [0, 1]
     "Image → text and text → image Recall@K of `model` over every image and caption of a split"
