@@ -621,6 +621,7 @@ def demo_config(vocab_size:int, **kwargs) -> BitGenConfig:
 
 # %% ../nbs/11_learner.ipynb #f2d4b6a8
 from PIL import Image
+from fastai.callback.fp16 import AMPMode
 from .data import CaptionsDataset
 from .eval import evaluating, show_retrieval
 
@@ -674,6 +675,12 @@ def _image_input(learn, item) -> torch.Tensor:
         raise ValueError(f"an image tensor must be float [3, H, W] in [0, 1], got {item.dtype} of shape {tuple(item.shape)}")
     return item[None]
 
+def _autocast(learn, device):
+    "The learner's mixed precision (`MixedPrecision`'s autocast, on CUDA), so that `predict` computes as `get_preds` does"
+    mp = [cb for cb in learn.cbs if isinstance(cb, MixedPrecision)]
+    if not mp or device.type != 'cuda': return contextlib.nullcontext()
+    return torch.autocast('cuda', dtype=torch.bfloat16 if mp[0].amp_mode == AMPMode.BF16 else torch.float16)
+
 @patch
 def predict(self:BitGenLearner, item, # A PIL image, a float image tensor [3, H, W] in [0, 1], or a caption (str)
            ) -> torch.Tensor: # [projection_dim] L2-normalised feature, on the CPU
@@ -682,7 +689,7 @@ def predict(self:BitGenLearner, item, # A PIL image, a float image tensor [3, H,
         raise TypeError(f"predict takes a PIL image, an image tensor [3, H, W] or a caption (str), got {type(item).__name__}")
     model = unwrap(self.model)
     dev = next(model.parameters()).device
-    with evaluating(model):
+    with evaluating(model), _autocast(self, dev):
         if isinstance(item, str): f = model.get_text_features(*(t.to(dev) for t in _text_inputs(self, item)))
         else: f = model.get_image_features(_image_input(self, item).to(dev))
     return f[0].float().cpu()
