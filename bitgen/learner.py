@@ -86,11 +86,11 @@ class RetrievalRecall(Metric):
     def value(self):
         learn = self.learn
         if learn is None: return None
-        if RetrievalRecall._cache.get('learn') is not learn:
+        if RetrievalRecall._cache.get('learn') != id(learn):
             ds = learn.dls.valid.dataset
             res = retrieval_recall(unwrap(learn.model), ds, tokenizer=learn.dls.tokenizer, bs=learn.dls.valid.bs,
                                    device=learn.dls.device)
-            RetrievalRecall._cache = {'learn': learn, 'res': res}
+            RetrievalRecall._cache = {'learn': id(learn), 'res': res}
         return RetrievalRecall._cache['res'][self.key]
     @property
     def name(self): return self.key
@@ -482,16 +482,17 @@ class BitGenLearner(Learner):
         self.remove_cbs(saved[2])
         self.__dict__.setdefault('_fit_records', []).append(saved)
         try: return super().__enter__()
-        except BaseException: self.__exit__(None, None, None); raise
+        except BaseException: self._restore_fit_record(); raise
 
     def __exit__(self, exc_type, exc_value, tb):
-        rec, counts, trackers = self._fit_records[-1]
         try: super().__exit__(exc_type, exc_value, tb)
-        finally:
-            self._fit_records.pop()
-            if rec and (r := getattr(self, 'recorder', None)) is not None: r.__dict__.update(rec)   # (no fit yet: fastai's record)
-            self.__dict__.update(counts)
-            self.add_cbs(trackers)
+        finally: self._restore_fit_record()
+
+    def _restore_fit_record(self):
+        rec, counts, trackers = self._fit_records.pop()
+        if rec and (r := getattr(self, 'recorder', None)) is not None: r.__dict__.update(rec)   # (no fit yet: fastai's record)
+        self.__dict__.update(counts)
+        self.add_cbs(trackers)
 
 
 # %% ../nbs/11_learner.ipynb #0d1f08c6
