@@ -54,13 +54,18 @@ class _STE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad): return grad, None, None
 
+def _ste(x:Tensor, q, eps:float) -> Tensor:
+    "`q(x)` with an identity gradient: the autograd Function in eager; under `torch.compile` the detach form, which dynamo traces with dynamic shapes"
+    if torch.compiler.is_compiling(): return x + (q(x.detach(), eps) - x).detach()
+    return _STE.apply(x, q, eps)
+
 def fake_ternary(w:Tensor, eps:float=1e-5) -> Tensor:
     "Dequantised ternary weight `RoundClip(w/g,-1,1)*g` with a straight-through (identity) gradient"
-    return _STE.apply(w, _ternary_dq, eps)
+    return _ste(w, _ternary_dq, eps)
 
 def fake_act_quant(x:Tensor, eps:float=1e-5) -> Tensor:
     "Dequantised per-token int8 activations `clamp(round(x*s),-128,127)/s` with a straight-through gradient"
-    return _STE.apply(x, _act_dq, eps)
+    return _ste(x, _act_dq, eps)
 
 # %% ../nbs/00_quant.ipynb #0b267585
 _PACK = {'2bit': 4, 'base3': 5}  # codes per byte
