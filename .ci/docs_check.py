@@ -6,9 +6,12 @@ frames, local paths (/tmp/, /work/, /home/), stray reprs (`[Text(`, `<matplotlib
 class in a signature), and on prose (markdown cells, README.md) that points to the project's internal files or process.
 Each rule is checked against a small bad notebook first, so a rule that stops firing fails too.
 
-`python .ci/docs_check.py` (after proc_nbs); `python .ci/docs_check.py DIR` to scan another folder of notebooks.
+`python .ci/docs_check.py` (after proc_nbs); `python .ci/docs_check.py DIR` to scan another folder of notebooks;
+`--html OUT` also renders each notebook with `jupyter nbconvert --to html` into OUT (where nbconvert is installed), after
+dropping the fields nbdev adds that are not in the notebook schema (`has_sd`, `metadata.execution`), and fails if one
+does not convert.
 """
-import json, re, sys
+import json, re, shutil, subprocess, sys
 from pathlib import Path
 
 OUTPUT_RULES = [   # (name, pattern) on the text of stored outputs
@@ -85,14 +88,32 @@ def self_test():
     good['cells'][1]['outputs'][2] = result('0.125 (chance 0.125)')
     assert check_nb(good, 'good') == [], check_nb(good, 'good')
 
+def to_html(nbs:list, out:Path) -> list:
+    "Render `nbs` with nbconvert into `out`; the names that failed, with nbconvert's last line"
+    if shutil.which('jupyter') is None: sys.exit("FAIL: --html needs nbconvert (`jupyter nbconvert`), not installed here")
+    out.mkdir(parents=True, exist_ok=True); failed = []
+    for p in nbs:
+        nb = json.loads(p.read_text())
+        for c in nb.get('cells', []): c.pop('has_sd', None); c.get('metadata', {}).pop('execution', None)
+        (out/p.name).write_text(json.dumps(nb))
+        r = subprocess.run(['jupyter', 'nbconvert', '--to', 'html', str(out/p.name)], capture_output=True, text=True)
+        if r.returncode or not (out/p.with_suffix('.html').name).exists():
+            lines = r.stderr.strip().splitlines() or ['?']
+            failed.append(f"{p.name}: nbconvert failed: {([l for l in lines if 'Error' in l or 'ERROR' in l] or lines)[-1][:200]}")
+    return failed
+
 if __name__ == '__main__':
     self_test()
     root = Path(__file__).resolve().parent.parent
-    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else root/'_proc'
+    args = sys.argv[1:]
+    html = Path(args.pop(args.index('--html') + 1)) if '--html' in args else None
+    if html is not None: args.remove('--html')
+    folder = Path(args[0]) if args else root/'_proc'
     nbs = sorted(folder.glob('*.ipynb'))
     if not nbs: sys.exit(f"FAIL: no notebooks in {folder} (run proc_nbs first)")
     found = [f for p in nbs for f in check_nb(json.loads(p.read_text()), p.name)]
     if (readme := root/'README.md').exists(): found += check_text(readme.read_text(), 'README.md')
+    if html is not None: found += to_html(nbs, html)
     for f in found: print(f)
     if found: sys.exit(f"FAIL: {len(found)} findings in the docs ({len(nbs)} notebooks in {folder}, README.md)")
     print(f"docs check ok: {len(nbs)} notebooks in {folder.name}/ and README.md")
