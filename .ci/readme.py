@@ -1,6 +1,6 @@
 """Write README.md from nbs/index.ipynb without Quarto (`nbdev-readme` needs Quarto, which is not installable here).
 
-Markdown cells verbatim; code cells (except `#| hide` ones) as python blocks followed by their text outputs.
+Markdown cells verbatim; code cells (except `#| hide`, `#| export` and `#| echo: false` figure cells) as python blocks followed by their text outputs.
 `python .ci/readme.py` writes README.md; `--check` exits 1 when README.md differs from what it would write.
 """
 import json, sys
@@ -14,7 +14,8 @@ for c in nb['cells']:
     if c['cell_type'] == 'markdown': out.append(src)
     elif c['cell_type'] == 'code':
         lines = src.splitlines()
-        if any(l.replace(' ', '').startswith(('#|hide', '#|export', '#|exporti')) for l in lines): continue
+        flags = [l.replace(' ', '') for l in lines if l.replace(' ', '').startswith('#|')]
+        if any(f.startswith(('#|hide', '#|export', '#|exporti', '#|echo:false')) for f in flags): continue   # echo: false: a figure
         code = '\n'.join(l for l in lines if not l.replace(' ', '').startswith('#|'))
         out.append(f"```python\n{code}\n```")
         texts = []

@@ -12,3 +12,15 @@ Modules:
 - `bitgen.vision`: DINOv2 from Hugging Face or a torchvision CNN, fed `ToTensor()` images in [0, 1]: ImageNet normalisation inside the model (exactly once), CLS + patch tokens, and a full-precision projection to the text model's width."""
 
 __version__ = "0.0.1"
+
+def _docs_strip_main(cell):
+    """nbdev doc processor (`doc_procs` in pyproject.toml): drop the `__main__.` prefix from rendered `show_doc` signatures.
+
+    The docs run each notebook's cells in `__main__`, so a class the notebook defines (e.g. `PackedBitLinear`) has
+    `__module__ == '__main__'`, and fastcore's signature formatter (`inspect.formatannotation`) writes its annotations as
+    `__main__.PackedBitLinear`."""
+    for o in getattr(cell, 'outputs', None) or []:
+        data = o.get('data') or {}
+        for k, v in data.items():
+            if isinstance(v, str): data[k] = v.replace('__main__.', '')
+            elif isinstance(v, list): data[k] = [s.replace('__main__.', '') if isinstance(s, str) else s for s in v]
