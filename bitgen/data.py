@@ -379,7 +379,7 @@ def show_captions(images, # [B,3,S,S] tensor in [0,1] (or a list of them)
     n = len(captions); nrows = (n + ncols - 1) // ncols
     fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (2 * ncols, 2.2 * nrows), squeeze=False)
     for ax, img, cap in zip(axs.flat, images, captions):
-        ax.imshow(img.detach().cpu().permute(1, 2, 0).clamp(0, 1))
+        ax.imshow(img.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy())
         ax.set_title(textwrap.fill(cap, width), fontsize=8)
     for ax in axs.flat: ax.axis('off')
     fig.tight_layout()

@@ -161,7 +161,7 @@ def show_retrieval(model, # A `BitGenModel`
     top = sim.topk(min(k, len(caps)), dim=1).indices.cpu()
     fig, axs = plt.subplots(1, n, figsize=figsize or (2 * n, 2 + 0.5 * k), squeeze=False)
     for ax, iid, row in zip(axs[0], img_ids.tolist(), top):
-        ax.imshow(ds.get_image(ds.ids.index(iid), augment=False).permute(1, 2, 0).clamp(0, 1)); ax.axis('off')
+        ax.imshow(ds.get_image(ds.ids.index(iid), augment=False).permute(1, 2, 0).clamp(0, 1).numpy()); ax.axis('off')
         ax.set_title(f"image {iid}", fontsize=8)
         y = -0.03
         for r, c in enumerate(row.tolist()):
@@ -186,7 +186,7 @@ def plot_similarity(model, # A `BitGenModel`
         sim = (model.get_text_features(input_ids.to(dev), attention_mask.to(dev))
                @ model.get_image_features(images.to(dev)).T).float().cpu()
     if ax is None: _, ax = plt.subplots(figsize=figsize)
-    im = ax.imshow(sim, cmap='viridis')
+    im = ax.imshow(sim.numpy(), cmap='viridis')
     ax.figure.colorbar(im, ax=ax, label='cosine similarity')
     ys, xs = (image_ids[:, None].cpu() == image_ids[None].cpu()).nonzero(as_tuple=True)
     ax.scatter(xs, ys, marker='s', s=60, facecolors='none', edgecolors='white', linewidths=1, label='true pair')
