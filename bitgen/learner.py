@@ -244,6 +244,9 @@ def atomic_save_dir(write, # Called as `write(tmp_dir)`: writes the checkpoint's
     try:
         with disk_errors(dest, 'writing checkpoint'):
             write(tmp)
+            umask = os.umask(0); os.umask(umask)   # files as open() makes them, 0666 less the umask: transformers writes
+            for p in tmp.rglob('*'):               # model.safetensors through a 0600 temporary file
+                if p.is_file(): os.chmod(p, 0o666 & ~umask)
             sums = write_checksums(tmp)
             for p in [*sorted(p for p in tmp.rglob('*') if p.is_file() and p != sums), sums, tmp]:
                 _fsync(p)   # the data on disk before any rename makes it visible
