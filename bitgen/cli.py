@@ -99,11 +99,10 @@ def eval_parser() -> argparse.ArgumentParser:
         ('--img-size', int, "image side in pixels (default: the size the model was trained at)"),
         ('--seed', int, "--demo: the seed of the shapes data, as given to bitgen-train (default: 0)"),
         ('--n-train', int, "--demo: the training images of bitgen-train --demo; the validation ids follow them "
-                           "(default: 1024)"),
-        ('--device', str, "device, e.g. cpu, cuda (default: cuda if available, else cpu)"))
+                           "(default: 1024)"))
     p.add_argument('--n-valid', '--n-demo', dest='n_demo', type=int, metavar='N_VALID',
                    help="--demo: validation images, as given to bitgen-train (default: 256)")
-    return p
+    return _opts(p, ('--device', str, "device, e.g. cpu, cuda (default: cuda if available, else cpu)"))
 
 def export_parser() -> argparse.ArgumentParser:
     "The `bitgen-export` command line"

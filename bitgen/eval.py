@@ -17,7 +17,6 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 import matplotlib.pyplot as plt
-from fastcore.script import call_parse
 from transformers import AutoModel
 import bitgen.model  # registers BitGen with AutoConfig / AutoModel
 from .data import CaptionsDataset, CocoCaptions, ShapesCaptions, load_tokenizer, shapes_tokenizer, retrieval_dls, skip_summary

@@ -22,7 +22,6 @@ from torch import Tensor
 from torchvision.transforms import v2
 from safetensors import safe_open, SafetensorError
 from safetensors.torch import save as safetensors_bytes
-from fastcore.script import call_parse
 from .quant import pack_ternary
 from .bitlinear import BitLinear, PackedBitLinear
 from .model import BitGenConfig, BitGenModel
