@@ -2,6 +2,7 @@
 
 Modules:
 
+- `bitgen.cli`: The four console scripts `bitgen-train`, `bitgen-eval`, `bitgen-export` and `bitgen-embed`: parsers that answer `--help` at once, one-line errors, and the same flags everywhere.
 - `bitgen.data`: MS-COCO-format captions that survive bad files, GPT-2 tokens with dynamic padding, fastai `DataLoaders`, retrieval loaders, and an embedded captioned-shapes dataset for demos and tests.
 - `bitgen.decoder`: A causal BitNet decoder with cross-attention to a context (fused image tokens and memory read-out), an LM head tied to the token embedding, and greedy generation.
 - `bitgen.encoder`: BitNet b1.58 attention and feed-forward layers with SubLN, pre-norm blocks with a cross-attention hook, and the bidirectional text encoder whose CLS row is the pooled text vector.

@@ -23,8 +23,10 @@ from PIL import Image, ImageDraw, ImageOps
 from torchvision.transforms import v2
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
-from fastai.data.core import DataLoaders
-from fastai.data.load import DataLoader
+with warnings.catch_warnings():   # fastai's import calls `torch.jit.script`, deprecated in recent torch
+    warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
 
 # %% ../nbs/09_data.ipynb #542b7a08
 def _finish_tokenizer(tok):

@@ -9,7 +9,7 @@ Docs: https://bitgen-ai.github.io/bitgen/export.html.md"""
 # %% auto #0
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'TEXT_PARTS', 'ONNX_GRAPHS', 'size_report', 'size_table', 'Int8Embedding', 'Int8TiedHead',
            'Fp16Linear', 'export_packed', 'load_packed', 'median_latency', 'latency_table', 'export_onnx',
-           'bitgen_export', 'bitgen_embed']
+           'packed_tokenizer_dir', 'bitgen_export', 'bitgen_embed']
 
 # %% ../nbs/12_export.ipynb #a764f51f
 import copy, hashlib, io, json, os, statistics, tempfile, time, warnings
@@ -22,7 +22,6 @@ from torch import Tensor
 from torchvision.transforms import v2
 from safetensors import safe_open, SafetensorError
 from safetensors.torch import save as safetensors_bytes
-from fastcore.script import call_parse
 from .quant import pack_ternary
 from .bitlinear import BitLinear, PackedBitLinear
 from .model import BitGenConfig, BitGenModel
@@ -55,6 +54,7 @@ def _atomic_write(path:Path, data:bytes):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
         with os.fdopen(fd, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
+        umask = os.umask(0); os.umask(umask); os.chmod(tmp, 0o666 & ~umask)   # as open() would, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
@@ -469,23 +469,43 @@ def export_onnx(model:BitGenModel, # A model from `load_packed` (packed ternary 
 
 
 # %% ../nbs/12_export.ipynb #27007714
-@call_parse
-def bitgen_export(checkpoint:str, # Folder written by `save_pretrained` (or a Hub name)
-                  out:str, # Packed file to write, e.g. bitgen.safetensors
+import shutil
+from .eval import resolve_checkpoint, checkpoint_tokenizer
+
+def packed_tokenizer_dir(packed_file) -> Path:
+    "Where `bitgen-export` writes the tokenizer of a packed file and `bitgen-embed` looks for it: `bitgen.tokenizer/` beside `bitgen.safetensors`"
+    return Path(packed_file).with_suffix('.tokenizer')
+
+def _save_tokenizer(tok, dest:Path):
+    "`tok.save_pretrained` into a temporary folder beside `dest`, then swapped in as `dest` (never half-written)"
+    tmp = dest.with_name(f'.{dest.name}.tmp'); shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        load_tokenizer(tok).save_pretrained(tmp)
+        if dest.exists(): shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+
+def bitgen_export(checkpoint:str, # Checkpoint folder written by `bitgen-train` or `save_pretrained` (or a Hub repo id)
+                  out:str, # Packed file to write, e.g. bitgen.safetensors (its tokenizer: `packed_tokenizer_dir(out)`)
                   fmt:str='base3', # Ternary packing: base3 (1.6 bits a weight) or 2bit
                   embeddings:str='int8', # Token embedding: int8 (per-row scale), fp16 or fp32
                   dtype:str='fp16', # Other full-precision weights: fp16 or fp32
                   onnx:str=None, # Also write the ONNX graphs (see `export_onnx`) into this folder
-                  tokenizer:str='gpt2', # Tokenizer shipped with the ONNX graphs: Hub name or local folder
+                  tokenizer:str=None, # Tokenizer to ship with the packed file and the ONNX graphs (default: the checkpoint's)
                   latency:int=5, # Rounds of the latency table (checkpoint vs packed; 0: no table)
                  ) -> dict: # The `size_report` of `out` (and 'onnx': {file: bytes} with --onnx)
-    "Export a BitGen checkpoint to one packed safetensors file (and ONNX graphs); print sizes and latencies"
+    "Export a BitGen checkpoint to one packed safetensors file with its tokenizer beside it (and ONNX graphs); print sizes and latencies"
+    checkpoint = resolve_checkpoint(checkpoint)   # a missing or damaged folder is refused by name
+    tok = checkpoint_tokenizer(checkpoint, tokenizer, required=onnx is not None)
     model = BitGenModel.from_pretrained(checkpoint).eval()
     rep = export_packed(model, out, fmt=fmt, embeddings=embeddings, dtype=dtype)
     print(size_table({Path(out).name: rep}))
+    if tok is None: print(f"\n{checkpoint} holds no tokenizer: none written beside {out} (bitgen-embed --caption will need --tokenizer)")
+    else:
+        _save_tokenizer(tok, packed_tokenizer_dir(out)); print(f"\ntokenizer: {packed_tokenizer_dir(out)}")
     packed = load_packed(out)
     if onnx:
-        rep = rep | {'onnx': export_onnx(packed, onnx, tokenizer=tokenizer, fmt=fmt)}
+        rep = rep | {'onnx': export_onnx(packed, onnx, tokenizer=tok, fmt=fmt)}
         print(f"\nONNX graphs in {onnx}: " + ', '.join(f"{k} {v / 1e6:.3f} MB" for k, v in rep['onnx'].items()) +
               f"; total {sum(rep['onnx'].values()) / 1e6:.3f} MB")
     if latency: print('\n' + latency_table({'checkpoint': model, 'packed': packed}, reps=latency)[0])
@@ -494,27 +514,35 @@ def bitgen_export(checkpoint:str, # Folder written by `save_pretrained` (or a Hu
 _image_tfm = lambda size: v2.Compose([v2.ToImage(), v2.Resize((size, size)), v2.ToDtype(torch.float32, scale=True),
                                       v2.ToPureTensor()])
 
-@call_parse
 def bitgen_embed(packed_file:str, # A file written by `bitgen-export` / `export_packed`
                  image:str=None, # An image file to embed
                  caption:str=None, # A caption to embed
-                 tokenizer:str='gpt2', # Tokenizer the model was trained with: Hub name or local folder
-                 size:int=None, # Images are resized to size x size pixels (default: the size the model was trained at)
+                 tokenizer:str=None, # Tokenizer name or folder (default: the one `bitgen-export` wrote beside the file)
+                 img_size:int=None, # Images are resized to img_size x img_size pixels (default: the size the model was trained at)
                  out:str=None, # Write the features to this .npy file instead of printing them
+                 size:int=None, # Deprecated spelling of `img_size`
                 ) -> np.ndarray: # The L2-normalised feature vector [projection_dim]
     "Contrastive features of one image or one caption, computed on the CPU from a packed file"
+    if size is not None:
+        warnings.warn("bitgen_embed(size=...) is deprecated: use img_size", FutureWarning, stacklevel=2)
+        img_size = img_size or size
     if (image is None) == (caption is None):
         raise ValueError(f"give exactly one of --image or --caption, got image={image!r}, caption={caption!r}")
     model = load_packed(packed_file)
+    if caption is not None and tokenizer is None:
+        if not (tokenizer := packed_tokenizer_dir(packed_file)).is_dir():
+            raise ValueError(f"no tokenizer beside {packed_file} (looked for {tokenizer}/, which bitgen-export writes): "
+                             "pass --tokenizer, the name or folder of the tokenizer the model was trained with")
     with torch.inference_mode():
         if caption is not None:
             enc = load_tokenizer(tokenizer)([caption], truncation=True, max_length=model.config.max_position_embeddings,
                                             return_tensors='pt')
             feats = model.get_text_features(enc['input_ids'], enc['attention_mask'])
         else:
-            size = size or model.config.image_size
-            feats = model.get_image_features(_image_tfm(size)(read_rgb(image, size))[None])
+            img_size = img_size or model.config.image_size
+            feats = model.get_image_features(_image_tfm(img_size)(read_rgb(image, img_size))[None])
     f = feats[0].numpy()
     if out: np.save(out, f); print(f"features {tuple(f.shape)} written to {out}")
     else: print(f"features {tuple(f.shape)}: {np.array2string(f[:6], precision=4)} ...")
     return f
+

@@ -8,7 +8,8 @@ Docs: https://bitgen-ai.github.io/bitgen/learner.html.md"""
 __all__ = ['Stage1Adapter', 'stage1_loss', 'unwrap', 'LossTerm', 'RetrievalRecall', 'stage1_metrics', 'stage1_splitter',
            'stage1_opt', 'NoDecayCallback', 'PostStepCallback', 'NonFiniteLossCallback', 'disk_errors',
            'atomic_save_dir', 'CheckpointCallback', 'GlobalBatchDL', 'shard_dls', 'SyncCheckCallback', 'compile_towers',
-           'BitGenLearner', 'stage1_learner', 'stage1_schedule', 'stage1_distrib_kwargs', 'demo_config', 'bitgen_train']
+           'BitGenLearner', 'stage1_learner', 'stage1_schedule', 'stage1_distrib_kwargs', 'demo_config',
+           'EpochLineCallback', 'bitgen_train']
 
 # %% ../nbs/11_learner.ipynb #14f6d8b3
 import contextlib, json, math, os, random, shutil, warnings
@@ -18,19 +19,20 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 import torch.distributed as dist
-from fastai.learner import Learner, AvgMetric, Metric, Recorder
-import fastai.callback.hook  # `Learner.summary`
-from fastai.torch_core import find_bs
-from fastai.optimizer import OptimWrapper
-from fastai.distributed import DistributedDL, DistributedTrainer
-from fastai.torch_core import rank_distrib, num_distrib, distrib_barrier, apply
-from fastai.callback.core import Callback, CancelBatchException, CancelFitException
-from fastai.callback.schedule import ParamScheduler, SchedLin, SchedCos, combine_scheds
-from fastai.callback.training import GradientAccumulation, GradientClip
-from fastai.callback.fp16 import MixedPrecision
-from fastai.callback.tracker import TrackerCallback, EarlyStoppingCallback
+with warnings.catch_warnings():   # fastai's import calls `torch.jit.script`, deprecated in recent torch
+    warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
+    from fastai.learner import Learner, AvgMetric, Metric, Recorder
+    from fastai.optimizer import OptimWrapper
+    from fastai.distributed import DistributedDL, DistributedTrainer
+    from fastai.torch_core import rank_distrib, num_distrib, distrib_barrier, apply
+    from fastai.callback.core import Callback, CancelBatchException, CancelFitException
+    from fastai.callback.schedule import ParamScheduler, SchedLin, SchedCos, combine_scheds
+    from fastai.callback.training import GradientAccumulation, GradientClip
+    from fastai.callback.fp16 import MixedPrecision
+    from fastai.callback.tracker import TrackerCallback, EarlyStoppingCallback
+    import fastai.callback.hook  # `Learner.summary`
+    from fastai.torch_core import find_bs
 from fastcore.basics import patch
-from fastcore.script import call_parse
 from .model import BitGenConfig, BitGenModel
 from .data import shapes_dls, coco_dls
 from .eval import retrieval_recall
@@ -254,6 +256,9 @@ def atomic_save_dir(write, # Called as `write(tmp_dir)`: writes the checkpoint's
     try:
         with disk_errors(dest, 'writing checkpoint'):
             write(tmp)
+            umask = os.umask(0); os.umask(umask)   # files as open() makes them, 0666 less the umask: transformers writes
+            for p in tmp.rglob('*'):               # model.safetensors through a 0600 temporary file
+                if p.is_file(): os.chmod(p, 0o666 & ~umask)
             sums = write_checksums(tmp)
             for p in [*sorted(p for p in tmp.rglob('*') if p.is_file() and p != sums), sums, tmp]:
                 _fsync(p)   # the data on disk before any rename makes it visible
@@ -711,6 +716,11 @@ def show_results(self:BitGenLearner, ds_idx:int=1, # Loader of `dls` if `dl` is 
     return show_retrieval(unwrap(self.model), ds, tok, n=max_n, k=k, bs=dl.bs, **kwargs)
 
 # %% ../nbs/11_learner.ipynb #a6d2f9e3
+import shlex
+from fastcore.basics import noop
+from fastai.callback.progress import ProgressCallback
+from .eval import DEMO_SPLIT, demo_split
+
 _RUN_FILES = ('models/latest', 'models/best', 'models/latest.old', 'models/best.old', 'metrics.json', 'losses.json', 'loss.png', 'metrics.png')
 
 def _check_args(ints1=(), ints0=(), pos=(), nonneg=()):
@@ -760,13 +770,37 @@ def _run_summary(learn, dls) -> str:
         s += f"\nskipped training steps (non-finite values): {n}, by where: {dict(learn.nonfinite_reasons)}"
     return s
 
+class EpochLineCallback(Callback):
+    "One line per epoch (epoch, losses, metrics, time) in place of fastai's progress bars: for logs that are not a terminal"
+    order = 61   # after `ProgressCallback`, so that it is the one to replace the logger if both are there
+    def before_fit(self):
+        self.old_logger = self.learn.logger
+        if self.learn.logger is not noop: self.learn.logger = self._line   # noop: fastai's other ranks, `no_logging`
+    def _line(self, log):
+        if isinstance(log[0], str): return   # a header
+        fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+        names = self.recorder.metric_names
+        print(f"epoch {log[0] + 1}/{self.n_epoch}  " + '  '.join(f"{k} {fmt(v)}" for k, v in zip(names[1:], log[1:])),
+              flush=True)
+    def after_fit(self): self.learn.logger = self.old_logger
+
+def _next_steps(out:Path, demo:bool, valid_ann=None, valid_images=None, split:dict|None=None) -> str:
+    "The commands to run next on a finished run's checkpoints, ready to paste"
+    q = lambda p: shlex.quote(str(p))
+    latest, best, packed = out/'models'/'latest', out/'models'/'best', out/'bitgen.safetensors'
+    data = '--demo' + ''.join(f" --{k.replace('_', '-')} {v}" for k, v in (split or {}).items()) if demo else \
+           f"--ann {q(valid_ann)} --images {q(valid_images)}"
+    return '\n'.join(["next:",
+        f"  bitgen-eval {q(latest)} {data}   # the recall above, over the same validation split",
+        f"  bitgen-export {q(best)} {q(packed)}   # one packed file, and its tokenizer in {q(packed.with_suffix('.tokenizer'))}",
+        f"  bitgen-embed {q(packed)} --caption {q('a red circle' if demo else 'a dog on a beach')}   # or --image PHOTO.jpg"])
+
 # %% ../nbs/11_learner.ipynb #1f99bfe1
-@call_parse
 def bitgen_train(
     demo:bool=False, # Train on the embedded shapes data (no downloads)
     train_ann:str=None, train_images:str=None, # COCO-format training captions json and image folder
     valid_ann:str=None, valid_images:str=None, # COCO-format validation captions json and image folder
-    tokenizer:str='gpt2', # Tokenizer name or local folder (demo: the shapes tokenizer)
+    tokenizer:str='gpt2', # Tokenizer name or local folder (demo: the shapes tokenizer); saved in every checkpoint
     out:str='bitgen-run', # Output folder: models/{latest,best}, loss plot, metrics (refused if it holds a run)
     overwrite:bool=False, # Train into an --out that holds a previous run, replacing its checkpoints, plots and metrics
     epochs:int=None, # Epochs (default: 30 for COCO, 8 for the demo)
@@ -789,12 +823,13 @@ def bitgen_train(
     resume:str=None, # Resume from a checkpoint folder (e.g. OUT/models/latest)
     push_to_hub:str=None, # Hub repo id to push the latest checkpoint to after each epoch
     num_workers:int=0, # DataLoader workers
+    device:str=None, # Device to train on (default: cuda if available, else cpu; multi-process runs: each process's own)
     momentum_dtype:str='auto', # The momentum towers' forward: auto (bfloat16 where native), bfloat16 or float32
     compile:bool=False, # torch.compile the vision backbone and the text/fusion blocks
     check_sync:bool=False, # Multi-process runs: check after every optimizer step that all ranks hold the same state
     seed:int=0, # Random seed
-    n_train:int=1024, # Demo: training images
-    n_valid:int=256, # Demo: validation images
+    n_train:int=DEMO_SPLIT['n_train'], # Demo: training images
+    n_valid:int=DEMO_SPLIT['n_valid'], # Demo: validation images (`demo_split`, what `bitgen-eval --demo` scores)
 ):
     "Train BitGen Stage 1 with the model card's recipe"
     pick = lambda v, default: default if v is None else v   # None is "default"; 0 is a value (and refused where it is bad)
@@ -811,10 +846,11 @@ def bitgen_train(
     out = Path(out)
     _prepare_out(out, resume, overwrite)   # before any data is read: a used or unwritable --out fails in seconds
     torch.manual_seed(seed); random.seed(seed); np.random.seed(seed)
-    if demo: dls = shapes_dls(n_train=n_train, n_valid=n_valid, img_size=img_size, bs=bs, seed=seed, num_workers=num_workers)
+    dev = {} if device is None else {'device': torch.device(device)}
+    if demo: dls = shapes_dls(n_train=n_train, n_valid=n_valid, img_size=img_size, bs=bs, seed=seed, num_workers=num_workers, **dev)
     else:
         dls = coco_dls(train_ann, train_images, valid_ann, valid_images, tokenizer=tokenizer, bs=bs, img_size=img_size,
-                       max_length=max_length, num_workers=num_workers, seed=seed)
+                       max_length=max_length, num_workers=num_workers, seed=seed, **dev)
     tok = dls.tokenizer
     kw = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id or tok.eos_token_id,
               eos_token_id=tok.eos_token_id, bitnet=not full_precision, freeze_vision=freeze_vision, image_size=img_size,
@@ -838,6 +874,8 @@ def bitgen_train(
                            patience=patience, path=out, resume=resume, push_to_hub=push_to_hub, compile=compile,
                            check_sync=check_sync)
     main = rank_distrib() == 0   # rank 0 writes the plots and metrics and reports
+    if not sys.stdout.isatty():   # a log file or a pipe: one line per epoch, not every frame of the progress bars
+        learn.remove_cb(ProgressCallback); learn.add_cb(EpochLineCallback())
     if main: _space_check(out, unwrap(learn.model))
     try: learn.fit_stage1(epochs)
     finally:
@@ -861,5 +899,12 @@ def bitgen_train(
             print(f"  R@{k:<2d}  image->text {hist[-1][f'i2t_r{k}']:.3f} (chance {ch[f'i2t_r{k}']:.3f})"
                   f"  text->image {hist[-1][f't2i_r{k}']:.3f} (chance {ch[f't2i_r{k}']:.3f})")
     print(f"checkpoints: {out/'models'/'latest'} and {out/'models'/'best'} (AutoModel.from_pretrained); loss plot: {out/'loss.png'}")
+    split = {k: v for k, v in dict(n_train=n_train, n_valid=n_valid, seed=seed).items() if v != DEMO_SPLIT[k]}
+    print(_next_steps(out, demo, valid_ann, valid_images, split))
     if getattr(learn, 'nonfinite_stopped', False): raise SystemExit("training stopped on non-finite losses")
     return learn
+
+# %% ../nbs/11_learner.ipynb #b3e5d7f9
+if __name__ == '__main__' and getattr(globals().get('__spec__'), 'name', None) == 'bitgen.learner':
+    from bitgen.cli import train_main   # `python -m bitgen.learner` (torchrun, accelerate launch): bitgen-train's options
+    train_main(fn=bitgen_train)
