@@ -333,9 +333,15 @@ def native_bf16(device) -> bool:
 def momentum_autocast(dtype:str, device):
     "The autocast context of the momentum pass for `momentum_dtype` (a no-op for float32)"
     device = torch.device(device)
-    if dtype == 'bfloat16' or (dtype == 'auto' and native_bf16(device)):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if dtype == 'bfloat16' or (dtype == 'auto' and native_bf16(device)): return _bf16_autocast(device.type)
     return contextlib.nullcontext()
+
+@contextmanager
+def _bf16_autocast(device_type:str):
+    "bf16 autocast, without torch's note that `rms_norm` of bf16 inputs and fp32 weights skips its fused kernel (expected here)"
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Mismatch dtype between input and weight', category=UserWarning)
+        with torch.autocast(device_type, dtype=torch.bfloat16): yield
 
 @patch
 def queue_rows(self:BitGenModel) -> Tensor|None:
