@@ -10,8 +10,7 @@ __all__ = ['train_parser', 'eval_parser', 'export_parser', 'embed_parser', 'run_
            'export_main', 'embed_main']
 
 # %% ../nbs/14_cli.ipynb #c1a0e004
-import argparse, importlib, os, sys
-from pathlib import Path
+import argparse, importlib, sys
 
 class _Deprecated(argparse.Action):
     "An old spelling of an option: stores into the new option's `dest` and prints a one-line note on stderr"

@@ -719,7 +719,7 @@ def show_results(self:BitGenLearner, ds_idx:int=1, # Loader of `dls` if `dl` is 
 import shlex
 from fastcore.basics import noop
 from fastai.callback.progress import ProgressCallback
-from .eval import DEMO_SPLIT, demo_split
+from .eval import DEMO_SPLIT
 
 _RUN_FILES = ('models/latest', 'models/best', 'models/latest.old', 'models/best.old', 'metrics.json', 'losses.json', 'loss.png', 'metrics.png')
 
