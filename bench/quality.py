@@ -14,7 +14,7 @@ Variants (`--variants`, comma-separated):
 
     python bench/quality.py --train-ann TRAIN.json --train-images DIR --valid-ann DEV.json --valid-images DIR \\
         --tokenizer GPT2_FOLDER --cnn-weights mobilenet_v2.pth --minutes 10 --img-size 128 --seeds 0 1 \\
-        [--eval-ann EVAL.json --eval-images DIR] [--variants card,fp,batch_only,dinov2] [--json out.json]
+        [--eval-ann EVAL.json --eval-images DIR] [--variants card,fp,batch_only,dinov2] [--cache-vision] [--json out.json]
 """
 import argparse, json, math, os, random, statistics, tempfile, time, warnings
 import numpy as np
@@ -51,11 +51,18 @@ def build(a, tok, variant, seed):
     return model
 
 
+def cache(a, variant) -> bool:
+    "Whether `variant` runs with `--cache-vision` (a frozen pretrained CNN only)"
+    return a.cache_vision and variant != 'dinov2' and not a.train_backbone
+
+
 def run(a, variant, seed, steps, eval_ds):
     "Train one variant for `steps` optimizer steps (rounded to whole epochs) and score it"
     dls = coco_dls(a.train_ann, a.train_images, a.valid_ann, a.valid_images, tokenizer=a.tokenizer, bs=a.bs,
-                   img_size=a.img_size, max_length=a.max_length, seed=seed, num_workers=a.num_workers)
+                   img_size=a.img_size, max_length=a.max_length, seed=seed, num_workers=a.num_workers,
+                   augment=not cache(a, variant))
     model = build(a, dls.tokenizer, variant, seed)
+    if cache(a, variant): model.vision.cache_features()
     epochs = max(1, round(steps * a.accum / len(dls.train)))
     with tempfile.TemporaryDirectory() as d:
         learn = stage1_learner(dls, model=model, lr=a.lr, accum=a.accum, warmup_steps=a.warmup, patience=None,
@@ -118,6 +125,8 @@ def main():
     p.add_argument('--cnn', default='mobilenet_v2', help='torchvision CNN of the pretrained tower')
     p.add_argument('--cnn-weights', help='its torchvision weights file (or name)')
     p.add_argument('--train-backbone', action='store_true', help='train the CNN too (default: frozen)')
+    p.add_argument('--cache-vision', action='store_true',
+                   help='frozen CNN: compute its features once per image and reuse them (training images resized, not cropped)')
     p.add_argument('--variants', default='card,fp,batch_only,dinov2')
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
     p.add_argument('--minutes', type=float, help='training budget per variant and seed (converted to steps once)')

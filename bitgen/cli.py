@@ -69,6 +69,8 @@ def train_parser() -> argparse.ArgumentParser:
         ('--vision-weights', str, "pretrained backbone: a DINOv2 Hub name or folder, or a CNN's torchvision weights "
                                   "file or name"),
         ('--freeze-vision', bool, "freeze the vision backbone (its projection still trains)"),
+        ('--cache-vision', bool, "with --freeze-vision: compute the backbone's features once per image and reuse them "
+                                 "(training images are resized, not randomly cropped)"),
         ('--queue-size', int, "override the contrastive queue size (0: batch-only contrast)"),
         ('--temperature', float, "override the initial contrastive temperature"),
         ('--resume', str, "resume from a checkpoint folder, e.g. OUT/models/latest"),

@@ -224,8 +224,9 @@ class CocoCaptions(CaptionsDataset):
                  train:bool=True, # Random caption + random crop (else: first caption, plain resize)
                  seed:int|None=None, # Seed of the caption choice and crops (None: a random seed)
                  scale:tuple=(0.5, 1.0), # Area range of the training crop
+                 augment:bool=True, # Random crops in training (False: the plain resize, e.g. to cache a frozen backbone)
                 ):
-        self.img_dir, self.img_size = Path(img_dir), img_size
+        self.img_dir, self.img_size, self.augment = Path(img_dir), img_size, augment
         if not self.img_dir.is_dir(): raise ValueError(f"image folder {str(img_dir)!r} does not exist")
         d = _read_json(ann_file)
         if (not isinstance(d, dict) or not {'images', 'annotations'} <= d.keys()
@@ -250,7 +251,7 @@ class CocoCaptions(CaptionsDataset):
         self.valid_tfm = v2.Compose([v2.ToImage(), v2.Resize((img_size, img_size)), *to_float])
 
     def get_image(self, i:int, # Index into `ids`
-                  augment:bool|None=None, # Random crop (default: `train`)
+                  augment:bool|None=None, # Random crop (default: `train` and the dataset's `augment`)
                  ) -> torch.Tensor|None: # float [3,S,S] in [0,1], or None if the file is unreadable (then counted)
         "Image `i` as a tensor, or None when its file cannot be used"
         if self._bad[i]: return None
@@ -258,7 +259,7 @@ class CocoCaptions(CaptionsDataset):
         except BadImageError as e:
             self._skip(i, e.reason, e)
             return None
-        if not (self.train if augment is None else augment): return self.valid_tfm(img)
+        if not (self.train and self.augment if augment is None else augment): return self.valid_tfm(img)
         with torch.random.fork_rng(devices=[]):  # seed only the CPU generator, and restore it after
             torch.default_generator.manual_seed(self._rng(i, 'crop').getrandbits(63))
             return self.train_tfm(img)
@@ -436,11 +437,12 @@ def coco_dls(train_ann, # Training MS-COCO captions json
              max_length:int=256, # Captions are truncated to this many tokens
              num_workers:int=0, # DataLoader worker processes
              seed:int|None=None, # Seed of shuffling, caption choice and crops
+             augment:bool=True, # Random crops of the training images (False: plain resize, for `VisionTower.cache_features`)
              **kwargs, # Passed on to `caption_dls` (`val_bs`, `device`, `pin_memory`, `scale`...)
             ) -> DataLoaders:
     "fastai `DataLoaders` of an MS-COCO-format captions dataset"
     scale = kwargs.pop('scale', (0.5, 1.0))
-    trn = CocoCaptions(train_ann, train_images, img_size, train=True, seed=seed, scale=scale)
+    trn = CocoCaptions(train_ann, train_images, img_size, train=True, seed=seed, scale=scale, augment=augment)
     val = CocoCaptions(valid_ann, valid_images, img_size, train=False)
     return caption_dls(trn, val, tokenizer, bs, max_length=max_length, num_workers=num_workers, seed=seed, **kwargs)
 

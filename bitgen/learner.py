@@ -818,6 +818,7 @@ def bitgen_train(
     vision_backbone:str='dinov2', # 'dinov2' or a torchvision CNN name, e.g. mobilenet_v2 (bitgen.vision.cnn_backbones())
     vision_weights:str=None, # Pretrained backbone: a DINOv2 Hub name or folder, or a CNN's torchvision weights file or name
     freeze_vision:bool=False, # Freeze the vision backbone (its projection still trains)
+    cache_vision:bool=False, # With `freeze_vision`: compute the backbone's features once per image and reuse them (no random crops)
     queue_size:int=None, # Override the contrastive queue size (0: batch-only contrast)
     temperature:float=None, # Override the initial contrastive temperature
     resume:str=None, # Resume from a checkpoint folder (e.g. OUT/models/latest)
@@ -835,6 +836,8 @@ def bitgen_train(
     pick = lambda v, default: default if v is None else v   # None is "default"; 0 is a value (and refused where it is bad)
     if not demo and not all((train_ann, train_images, valid_ann, valid_images)):
         raise ValueError("give --demo, or all of --train-ann --train-images --valid-ann --valid-images")
+    if cache_vision and not freeze_vision:
+        raise ValueError("--cache-vision needs --freeze-vision: a backbone that trains changes its features at every step")
     d = dict(epochs=8, bs=32, img_size=64, accum=1, lr=2e-3, warmup=20) if demo else \
         dict(epochs=30, bs=128, img_size=224, accum=2, lr=2e-4, warmup=1000)
     epochs, bs, img_size, accum, lr, warmup = (pick(v, d[k]) for k, v in
@@ -850,7 +853,7 @@ def bitgen_train(
     if demo: dls = shapes_dls(n_train=n_train, n_valid=n_valid, img_size=img_size, bs=bs, seed=seed, num_workers=num_workers, **dev)
     else:
         dls = coco_dls(train_ann, train_images, valid_ann, valid_images, tokenizer=tokenizer, bs=bs, img_size=img_size,
-                       max_length=max_length, num_workers=num_workers, seed=seed, **dev)
+                       max_length=max_length, num_workers=num_workers, seed=seed, augment=not cache_vision, **dev)
     tok = dls.tokenizer
     kw = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id or tok.eos_token_id,
               eos_token_id=tok.eos_token_id, bitnet=not full_precision, freeze_vision=freeze_vision, image_size=img_size,
@@ -873,6 +876,7 @@ def bitgen_train(
     learn = stage1_learner(dls, model=model, lr=lr, wd=wd, accum=accum, clip=clip, warmup_steps=warmup,
                            patience=patience, path=out, resume=resume, push_to_hub=push_to_hub, compile=compile,
                            check_sync=check_sync)
+    if cache_vision: unwrap(learn.model).vision.cache_features()   # after a resume too: the weights it caches are loaded
     main = rank_distrib() == 0   # rank 0 writes the plots and metrics and reports
     if not sys.stdout.isatty():   # a log file or a pipe: one line per epoch, not every frame of the progress bars
         learn.remove_cb(ProgressCallback); learn.add_cb(EpochLineCallback())
