@@ -32,7 +32,7 @@ from .decoder import TextDecoder
 from .vision import VisionTower, dinov2_small_config, cnn_backbones
 from .fusion import FIBERFusion, GatedCrossAttention, fused_encode
 from .memory import GPM
-from .losses import Stage1Loss, FeatureQueue, sample_hard_negatives, itm_loss, itm_accuracy, recon_inputs_targets
+from .losses import Stage1Loss, FeatureQueue, sample_hard_negatives, caption_keys, itm_loss, itm_accuracy, recon_inputs_targets
 from .losses import world, gather_rows, all_gather_rows, all_reduce_mean
 
 # %% ../nbs/08_model.ipynb #232a594d
@@ -60,6 +60,7 @@ class BitGenConfig(PretrainedConfig):
     label_smoothing: float = 0.1 # Of the reconstruction loss
     memory_obs_std: float = 0.1 # Std of the memory's observation model p(z | w, M) (the episodes are unit vectors)
     itm_queue_negatives: bool = True # Draw ITM hard-negative captions from the queue too (it then keeps their token ids)
+    same_caption_positive: bool = True # Identical captions count as the same pair: ITC positives, never ITM negatives
     momentum: float = 0.995 # EMA rate the momentum towers (ITC keys, queue) reach (0: no towers, online keys, whole queue)
     momentum_warmup: int = 1000 # Optimizer steps over which the EMA rate ramps up to `momentum` (0: from the first step)
     momentum_dtype: str = "auto" # The momentum towers' forward: "bfloat16", "float32", or "auto" (bfloat16 where the device computes it natively)
@@ -367,9 +368,10 @@ def _pick(batch:Tensor, queue:Tensor|None, idx:Tensor) -> Tensor:
     return out
 
 @torch.no_grad()
-def _enqueue(model, txt, img, image_ids, ids_pad, mask_pad):
+def _enqueue(model, txt, img, image_ids, ids_pad, mask_pad, keys=None):
     "Write the step's keys (and the captions' tokens, for ITM negatives) into the queue, with the step count"
     extra = dict(step=torch.full_like(image_ids, int(model.loss_fn.step)))
+    if keys is not None: extra['caption_key'] = keys
     if model.config.itm_queue_negatives: extra.update(input_ids=ids_pad.int(), attention_mask=mask_pad.bool())
     model.loss_fn.queue.enqueue(text_feats=txt, image_feats=img, image_ids=image_ids, **extra)
 
@@ -379,6 +381,13 @@ def _negatives_generator(self:BitGenModel, device) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(hash((torch.initial_seed(), int(self.loss_fn.step), self._forwards_since_step, self.training)) % 2**62)
     return g
+
+def _queue_keys(q, keys_g, rows, n_queue:int):
+    "Caption keys of [global batch ; the queue rows ITC used] (0 for rows enqueued without keys), or None without keys"
+    if keys_g is None or n_queue == 0: return keys_g
+    if 'caption_key' not in q.keys: return torch.cat([keys_g, keys_g.new_zeros(n_queue)])
+    qk = q['caption_key'] if rows is None else q['caption_key'][rows]
+    return torch.cat([keys_g, qk])
 
 # %% ../nbs/08_model.ipynb #2f4b8e1c
 def _finite_on_every_rank(x:Tensor) -> bool:
@@ -405,17 +414,20 @@ def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids)
     txt_h, img_h = self.encoder(input_ids, attention_mask), self._image_stream(img_tokens)
     txt, img = self._text_feats(txt_h), self._image_feats(img_h)
     (txt_g, s0), (img_g, _), ids_g = gather_rows(txt), gather_rows(img), all_gather_rows(image_ids)
+    keys = caption_keys(input_ids, attention_mask) if c.same_caption_positive else None   # identical captions: one pair
+    keys_g = None if keys is None else all_gather_rows(keys)
     txt_k, img_k = txt_g, img_g                             # no momentum towers: CLIP, both sides learn
     if self.momentum_model is not None:
         txt_k, img_k = map(all_gather_rows, self.momentum_features(input_ids, attention_mask, images, feats))
     rows, Bg, loc = self.queue_rows(), ids_g.shape[0], slice(s0, s0 + B)
-    itc, sim_t2i, sim_i2t, ids_all = self.loss_fn.itc(txt_g, img_g, ids_g, txt_k, img_k, rows)
-    if not c.itm_queue_negatives: sim_i2t, ids_all = sim_i2t[:, :Bg], ids_all[:Bg]
+    itc, sim_t2i, sim_i2t, ids_all = self.loss_fn.itc(txt_g, img_g, ids_g, txt_k, img_k, rows, keys_g)
+    keys_all = _queue_keys(self.loss_fn.queue, keys_g, rows, len(ids_all) - Bg)
+    if not c.itm_queue_negatives: sim_i2t, ids_all, keys_all = sim_i2t[:, :Bg], ids_all[:Bg], keys_g
     # hard negatives, drawn alike on every rank over the global rows: an image of the global batch for every caption,
     # a caption of [global batch ; queue] for every image, never of the same image
     gen = self._negatives_generator(sim_t2i.device)
-    i = sample_hard_negatives(sim_t2i[:, :Bg], ids_g, ids_g, generator=gen)[loc]
-    j = sample_hard_negatives(sim_i2t, ids_g, ids_all, generator=gen)[loc]
+    i = sample_hard_negatives(sim_t2i[:, :Bg], ids_g, ids_g, generator=gen, row_keys=keys_g, col_keys=keys_g)[loc]
+    j = sample_hard_negatives(sim_i2t, ids_g, ids_all, generator=gen, row_keys=keys_g, col_keys=keys_all)[loc]
     keep = ((i >= 0) & (j >= 0)).nonzero().squeeze(1)       # rows with no other-image candidate sit this step out
     i, j = i[keep], j[keep]
     if rows is not None: j = torch.where(j >= Bg, rows[(j - Bg).clamp(min=0)] + Bg, j)
@@ -453,7 +465,7 @@ def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids)
         total = total + (all_reduce_mean(total) - total.detach())
         terms = {k: all_reduce_mean(v) * (world()[1] if k == 'itm_dropped' else 1) for k, v in terms.items()}
     if self.training and _finite_on_every_rank(total):   # after the loss, and never a non-finite batch
-        _enqueue(self, txt_k.detach()[loc], img_k.detach()[loc], image_ids, ids_pad, mask_pad)
+        _enqueue(self, txt_k.detach()[loc], img_k.detach()[loc], image_ids, ids_pad, mask_pad, keys)
     return total, terms, txt, img, txt_h, img_h, itm_logits
 
 # %% ../nbs/08_model.ipynb #8faf1095
