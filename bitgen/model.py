@@ -56,7 +56,7 @@ class BitGenConfig(PretrainedConfig):
     itc_weight: float = 1.0 # Weight of image-text contrast
     itm_weight: float = 0.5 # Weight of image-text matching
     recon_weight: float = 0.0 # Weight of text reconstruction (0: the decoder is not run in training)
-    kl_weight: float = 0.1 # Weight of the memory term, its negative ELBO: episode reconstruction + address KL (the card's "memory KL")
+    kl_weight: float = 0.1 # Weight of the memory term, its negative ELBO per episode dimension: reconstruction + address KL (the card's "memory KL")
     label_smoothing: float = 0.1 # Of the reconstruction loss
     memory_obs_std: float = 0.1 # Std of the memory's observation model p(z | w, M) (the episodes are unit vectors)
     itm_queue_negatives: bool = True # Draw ITM hard-negative captions from the queue too (it then keeps their token ids)
@@ -452,8 +452,10 @@ def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids)
     else: itm_logits, terms = ft.new_zeros(0, 2), dict(itc=itc, itm=ft.new_zeros(()))
     # memory: the (L2-normalised) fused CLS of the global batch's positive pairs is one episode; its negative ELBO
     episode, _ = gather_rows(F.normalize(ft[:B, 0], dim=-1))
-    terms['memory'], parts, z_read, _ = self.memory.neg_elbo(episode)
-    logs.update(parts)
+    neg_elbo, parts, z_read, _ = self.memory.neg_elbo(episode)
+    D = episode.shape[1]                                    # per dimension of the episode: nats/dim, the scale of ITC/ITM
+    terms['memory'] = neg_elbo / D
+    logs.update({k: v / D for k, v in parts.items()})
     if c.recon_weight > 0:   # decoder on [memory read-out ; fused text ; fused image]
         dec_in, dec_mask, tgt = recon_inputs_targets(input_ids, attention_mask, c.bos_token_id, c.eos_token_id)
         ctx = torch.cat([z_read[loc, None], ft[:B], fi[:B]], 1)
