@@ -67,16 +67,16 @@ def run(a, variant, seed, steps, eval_ds):
     with tempfile.TemporaryDirectory() as d:
         learn = stage1_learner(dls, model=model, lr=a.lr, accum=a.accum, warmup_steps=a.warmup, patience=None,
                                retrieval=False, path=d)
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         with learn.no_bar(), learn.no_logging(): learn.fit_stage1(epochs)
-        train_s = time.time() - t0
+        train_s, train_cpu_s = time.time() - t0, time.process_time() - c0
     m = unwrap(learn.model).eval()
     names = learn.recorder.metric_names[1:-1]
     last = dict(zip(names, map(float, learn.recorder.values[-1])))
     t0 = time.time()
     rec = retrieval_recall(m, eval_ds, tokenizer=dls.tokenizer, bs=a.bs, max_length=a.max_length)
     res = dict(variant=variant, seed=seed, epochs=epochs, opt_steps=epochs * len(dls.train) // a.accum,
-               train_min=train_s / 60, pairs_per_s=epochs * len(dls.train) * a.bs / train_s,
+               train_min=train_s / 60, train_cpu_min=train_cpu_s / 60, pairs_per_s=epochs * len(dls.train) * a.bs / train_s,
                eval_s=time.time() - t0, **rec, mean_r5=(rec['i2t_r5'] + rec['t2i_r5']) / 2,
                **{k: last[k] for k in ('itc', 'itm', 'itm_acc', 'memory', 'mem_rec', 'kl', 'temp') if k in last})
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}), flush=True)
@@ -103,7 +103,7 @@ def steps_for(a, minutes, variant):
 def summary(results, chance) -> str:
     "Mean and min-max over seeds per variant"
     keys = ['i2t_r1', 'i2t_r5', 'i2t_r10', 't2i_r1', 't2i_r5', 't2i_r10', 'mean_r5', 'itm_acc', 'itc', 'itm', 'mem_rec',
-            'kl', 'temp', 'pairs_per_s', 'train_min']
+            'kl', 'temp', 'pairs_per_s', 'train_min', 'train_cpu_min']
     lines = [f"{'variant':<11}" + ''.join(f"{k:>17}" for k in keys)]
     for v in dict.fromkeys(r['variant'] for r in results):
         rs = [r for r in results if r['variant'] == v]
