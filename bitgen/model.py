@@ -32,7 +32,7 @@ from .decoder import TextDecoder
 from .vision import VisionTower, dinov2_small_config, cnn_backbones
 from .fusion import FIBERFusion, GatedCrossAttention, fused_encode
 from .memory import GPM
-from .losses import Stage1Loss, FeatureQueue, sample_hard_negatives, caption_keys, itm_loss, itm_accuracy, recon_inputs_targets
+from .losses import Stage1Loss, FeatureQueue, sample_hard_negatives, caption_keys, queue_caption_keys, itm_loss, itm_accuracy, recon_inputs_targets
 from .losses import world, gather_rows, all_gather_rows, all_reduce_mean
 
 # %% ../nbs/08_model.ipynb #232a594d
@@ -382,13 +382,6 @@ def _negatives_generator(self:BitGenModel, device) -> torch.Generator:
     g.manual_seed(hash((torch.initial_seed(), int(self.loss_fn.step), self._forwards_since_step, self.training)) % 2**62)
     return g
 
-def _queue_keys(q, keys_g, rows, n_queue:int):
-    "Caption keys of [global batch ; the queue rows ITC used] (0 for rows enqueued without keys), or None without keys"
-    if keys_g is None or n_queue == 0: return keys_g
-    if 'caption_key' not in q.keys: return torch.cat([keys_g, keys_g.new_zeros(n_queue)])
-    qk = q['caption_key'] if rows is None else q['caption_key'][rows]
-    return torch.cat([keys_g, qk])
-
 # %% ../nbs/08_model.ipynb #2f4b8e1c
 def _finite_on_every_rank(x:Tensor) -> bool:
     "Whether `x` is all finite here and, under `torch.distributed`, on every rank (so that all ranks take the same branch)"
@@ -421,7 +414,7 @@ def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids)
         txt_k, img_k = map(all_gather_rows, self.momentum_features(input_ids, attention_mask, images, feats))
     rows, Bg, loc = self.queue_rows(), ids_g.shape[0], slice(s0, s0 + B)
     itc, sim_t2i, sim_i2t, ids_all = self.loss_fn.itc(txt_g, img_g, ids_g, txt_k, img_k, rows, keys_g)
-    keys_all = _queue_keys(self.loss_fn.queue, keys_g, rows, len(ids_all) - Bg)
+    keys_all = queue_caption_keys(self.loss_fn.queue, keys_g, rows)   # aligned with the columns of sim_i2t
     if not c.itm_queue_negatives: sim_i2t, ids_all, keys_all = sim_i2t[:, :Bg], ids_all[:Bg], keys_g
     # hard negatives, drawn alike on every rank over the global rows: an image of the global batch for every caption,
     # a caption of [global batch ; queue] for every image, never of the same image
