@@ -84,20 +84,34 @@ def run(a, variant, seed, steps, eval_ds):
 
 
 def steps_for(a, minutes, variant):
-    "Optimizer steps of `variant` that fit in `minutes`: time a few steps of a short run"
+    """Optimizer steps of `variant` that fit in `minutes`, from a short timed run (data loading included).
+    With `--cache-vision` the first epoch runs the backbone on every image and later epochs reuse its features, so
+    both rates are timed: new batches, then the same batches again from the cache (plus their measured load time)."""
+    cached = cache(a, variant)
     dls = coco_dls(a.train_ann, a.train_images, a.valid_ann, a.valid_images, tokenizer=a.tokenizer, bs=a.bs,
-                   img_size=a.img_size, max_length=a.max_length, seed=0, num_workers=a.num_workers)
+                   img_size=a.img_size, max_length=a.max_length, seed=0, num_workers=a.num_workers, augment=not cached)
     model = build(a, dls.tokenizer, variant, 0).train()
+    if cached: model.vision.cache_features()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    it, times = iter(dls.train), []
-    for i in range(6):
-        imgs, ids, mask, iid = next(it)[:4]
-        t0 = time.time()
+    def step(b):
+        imgs, ids, mask, iid = b
         out = model(input_ids=ids, attention_mask=mask, images=imgs, image_ids=iid, return_loss=True)
         opt.zero_grad(); out.loss.backward(); opt.step(); model.post_step()
-        times.append(time.time() - t0)
-    per_step = statistics.median(times[2:]) * a.accum * 1.1    # +10%: data loading and the per-epoch validation
-    return max(1, int(minutes * 60 / per_step))
+    n = min(6, len(dls.train)); w = 2 if n > 3 else 0           # timed batches, the first `w` of them warm-up
+    it, batches, load, new = iter(dls.train), [], [], []
+    for i in range(n):
+        t0 = time.time(); b = next(it)[:4]; t1 = time.time(); step(b); t2 = time.time()
+        batches.append(b); load.append(t1 - t0); new.append(t2 - t0)
+    per_new = statistics.median(new[w:]) * a.accum * 1.1     # +10%: the per-epoch validation
+    if not cached: return max(1, int(minutes * 60 / per_new))
+    again = []
+    for b in batches[w:]:
+        t0 = time.time(); step(b); again.append(time.time() - t0)
+    per_hit = (statistics.median(again) + statistics.median(load[w:])) * a.accum * 1.1
+    first = len(dls.train) // a.accum                          # the first epoch's steps, all cache misses
+    budget = minutes * 60
+    if budget <= first * per_new: return max(1, int(budget / per_new))
+    return first + int((budget - first * per_new) / per_hit)
 
 
 def summary(results, chance) -> str:
