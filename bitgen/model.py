@@ -6,9 +6,9 @@ Docs: https://bitgen-ai.github.io/bitgen/model.html.md"""
 
 # %% auto #0
 __all__ = ['MODEL_AUTO_MAP', 'MODELING_SHIM', 'CARD_TAGS', 'CHECKSUMS', 'BitGenConfig', 'tiny_config', 'BitGenOutput',
-           'BitGenPreTrainedModel', 'FeatureBatchNorm', 'itm_head', 'BitGenModel', 'native_bf16', 'momentum_autocast',
-           'parameter_counts', 'recon_only_params', 'model_card', 'write_checksums', 'verify_checkpoint',
-           'find_checkpoint', 'overfit_batch', 'EpisodicMemory', 'MemoryReadout']
+           'BitGenPreTrainedModel', 'FeatureBatchNorm', 'ITMHead', 'itm_head', 'BitGenModel', 'native_bf16',
+           'momentum_autocast', 'parameter_counts', 'recon_only_params', 'model_card', 'write_checksums',
+           'verify_checkpoint', 'find_checkpoint', 'overfit_batch', 'EpisodicMemory', 'MemoryReadout']
 
 # %% ../nbs/08_model.ipynb #d14ae1c4
 from contextlib import contextmanager
@@ -32,7 +32,7 @@ from .decoder import TextDecoder
 from .vision import VisionTower, dinov2_small_config, cnn_backbones
 from .fusion import FIBERFusion, GatedCrossAttention, fused_encode
 from .memory import GPM
-from .losses import Stage1Loss, FeatureQueue, sample_hard_negatives, caption_keys, queue_caption_keys, itm_loss, itm_accuracy, recon_inputs_targets
+from .losses import Stage1Loss, FeatureQueue, itc_loss, sample_hard_negatives, caption_keys, queue_caption_keys, itm_loss, itm_accuracy, recon_inputs_targets
 from .losses import world, gather_rows, all_gather_rows, all_reduce_mean
 
 # %% ../nbs/08_model.ipynb #232a594d
@@ -159,11 +159,24 @@ def _projection(c:BitGenConfig) -> nn.Module:
     return nn.Sequential(lin, FeatureBatchNorm(c.projection_dim)) if c.feature_batchnorm else lin
 
 # %% ../nbs/08_model.ipynb #a1f0e3c7
-def itm_head(hidden_size:int) -> nn.Sequential:
-    "The ITM classifier on [text CLS ; image CLS]: one hidden layer (a linear head is additive in the two and cannot match)"
-    head = nn.Sequential(nn.Linear(2 * hidden_size, 2 * hidden_size), nn.GELU(), nn.Linear(2 * hidden_size, 2))
-    for m in head: m._is_hf_initialized = True   # PyTorch's init (std ~ 1/sqrt(3 fan_in)): with N(0, 0.02) the GELU starts linear
-    return head
+class ITMHead(nn.Sequential):
+    "The ITM classifier on [text CLS ; image CLS]: one hidden layer over [t ; v ; t * v] (a linear head on [t ; v] is additive and cannot match)"
+    def __init__(self, hidden_size:int): # Width D of each CLS vector
+        super().__init__(nn.Linear(3 * hidden_size, 2 * hidden_size), nn.GELU(), nn.Linear(2 * hidden_size, 2))
+        self.hidden_size = hidden_size
+        for m in self: m._is_hf_initialized = True   # PyTorch's init (std ~ 1/sqrt(3 fan_in)): with N(0, 0.02) the GELU starts linear
+
+    def forward(self, x:Tensor, # [..., 2D]: the text CLS, then the image CLS
+               ) -> Tensor: # [..., 2] logits (no match, match)
+        if x.shape[-1] != 2 * self.hidden_size:
+            raise ValueError(f"ITM head expects [text CLS ; image CLS] of width {2 * self.hidden_size}, got {x.shape[-1]}")
+        t, v = x.chunk(2, dim=-1)
+        return super().forward(torch.cat([x, t * v], -1))
+
+def itm_head(hidden_size:int) -> ITMHead:
+    "The ITM classifier of a model of width `hidden_size` (see `ITMHead`)"
+    return ITMHead(hidden_size)
+
 
 # %% ../nbs/08_model.ipynb #a7c95af7
 class BitGenModel(BitGenPreTrainedModel):
@@ -409,12 +422,15 @@ def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids)
     (txt_g, s0), (img_g, _), ids_g = gather_rows(txt), gather_rows(img), all_gather_rows(image_ids)
     keys = caption_keys(input_ids, attention_mask) if c.same_caption_positive else None   # identical captions: one pair
     keys_g = None if keys is None else all_gather_rows(keys)
-    txt_k, img_k = txt_g, img_g                             # no momentum towers: CLIP, both sides learn
-    if self.momentum_model is not None:
+    txt_k, img_k = txt_g, img_g                             # no momentum towers (or evaluation): CLIP, both sides
+    if self.momentum_model is not None and self.training:
         txt_k, img_k = map(all_gather_rows, self.momentum_features(input_ids, attention_mask, images, feats))
     rows, Bg, loc = self.queue_rows(), ids_g.shape[0], slice(s0, s0 + B)
-    itc, sim_t2i, sim_i2t, ids_all = self.loss_fn.itc(txt_g, img_g, ids_g, txt_k, img_k, rows, keys_g)
-    keys_all = queue_caption_keys(self.loss_fn.queue, keys_g, rows)   # aligned with the columns of sim_i2t
+    if self.training: itc, sim_t2i, sim_i2t, ids_all = self.loss_fn.itc(txt_g, img_g, ids_g, txt_k, img_k, rows, keys_g)
+    else:   # evaluation: the batch only, so that the loss depends on the weights and the data, not on the queue's state
+        rows = None
+        itc, sim_t2i, sim_i2t, ids_all = itc_loss(txt_g, img_g, ids_g, self.loss_fn.temp, caption_keys=keys_g)
+    keys_all = queue_caption_keys(self.loss_fn.queue if self.training else None, keys_g, rows)   # aligned with the columns of sim_i2t
     if not c.itm_queue_negatives: sim_i2t, ids_all, keys_all = sim_i2t[:, :Bg], ids_all[:Bg], keys_g
     # hard negatives, drawn alike on every rank over the global rows: an image of the global batch for every caption,
     # a caption of [global batch ; queue] for every image, never of the same image
