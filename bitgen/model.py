@@ -425,12 +425,11 @@ def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids)
     txt_k, img_k = txt_g, img_g                             # no momentum towers (or evaluation): CLIP, both sides
     if self.momentum_model is not None and self.training:
         txt_k, img_k = map(all_gather_rows, self.momentum_features(input_ids, attention_mask, images, feats))
-    rows, Bg, loc = self.queue_rows(), ids_g.shape[0], slice(s0, s0 + B)
-    if self.training: itc, sim_t2i, sim_i2t, ids_all = self.loss_fn.itc(txt_g, img_g, ids_g, txt_k, img_k, rows, keys_g)
-    else:   # evaluation: the batch only, so that the loss depends on the weights and the data, not on the queue's state
-        rows = None
-        itc, sim_t2i, sim_i2t, ids_all = itc_loss(txt_g, img_g, ids_g, self.loss_fn.temp, caption_keys=keys_g)
-    keys_all = queue_caption_keys(self.loss_fn.queue if self.training else None, keys_g, rows)   # aligned with the columns of sim_i2t
+    # evaluation contrasts the batch only: the loss depends on the weights and the data, not on the queue's state
+    queue = self.loss_fn.queue if self.training else None
+    rows, Bg, loc = self.queue_rows() if self.training else None, ids_g.shape[0], slice(s0, s0 + B)
+    itc, sim_t2i, sim_i2t, ids_all = itc_loss(txt_g, img_g, ids_g, self.loss_fn.temp, queue, txt_k, img_k, rows, keys_g)
+    keys_all = queue_caption_keys(queue, keys_g, rows)      # aligned with the columns of sim_i2t
     if not c.itm_queue_negatives: sim_i2t, ids_all, keys_all = sim_i2t[:, :Bg], ids_all[:Bg], keys_g
     # hard negatives, drawn alike on every rank over the global rows: an image of the global batch for every caption,
     # a caption of [global batch ; queue] for every image, never of the same image
