@@ -13,6 +13,7 @@ import hashlib, os, warnings
 from collections import OrderedDict
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 from fastcore.basics import patch
 from torchvision import models as tvm
@@ -106,14 +107,25 @@ def _backbone_kind(backbone) -> str:
                      f"({', '.join(cnn_backbones())})")
 
 # %% ../nbs/04_vision.ipynb #5e8328fc
+def _pool_cells(fmap:Tensor, # [B, C, h, w] feature map
+                grid:int|None, # Side of the pooled map (None: every cell)
+               ) -> Tensor: # [B, grid*grid (or h*w), C] tokens, row by row
+    "The cells of a feature map as tokens, average-pooled to `grid` x `grid` first"
+    if grid is not None: fmap = F.adaptive_avg_pool2d(fmap, grid)
+    return fmap.flatten(2).transpose(1, 2)
+
 class VisionTower(nn.Module):
     "DINOv2 or a torchvision CNN on `ToTensor()` images: ImageNet-normalise (once, inside), CLS + patch tokens, Linear"
     def __init__(self, backbone:str|os.PathLike|Dinov2Config="facebook/dinov2-small", # `Dinov2Config` (random init), DINOv2 Hub name or local folder, or a name in `cnn_backbones()`
                  hidden_size:int=128, # Width of the output tokens (the text model's width)
                  freeze:bool=False, # Freeze the backbone (no gradients, always eval mode); the projection still trains
                  weights:str|os.PathLike|None=None, # CNN only: torchvision state-dict file or weights name; None: random init
+                 grid:int|None=None, # Average-pool the patch tokens to a `grid` x `grid` map (None: one token a patch); CLS unchanged
                 ):
         super().__init__()
+        if grid is not None and (isinstance(grid, bool) or not isinstance(grid, int) or grid < 1):
+            raise ValueError(f"grid must be a positive int or None, got {grid!r}")
+        self.grid = grid
         self.kind, self._norm = _backbone_kind(backbone), (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
         if self.kind == 'dinov2':
             if weights is not None:
@@ -167,6 +179,7 @@ class VisionTower(nn.Module):
                     w:int, # Image width in pixels
                    ) -> int:
         "Number of patch tokens P for an `h` x `w` image (the output has 1+P tokens)"
+        if self.grid is not None: return self.grid ** 2
         ph, pw = self.patch_size
         if self.kind == 'dinov2' or self.cnn.startswith('convnext'): return (h // ph) * (w // pw)
         return -(-h // ph) * -(-w // pw)   # padded strided convs round up
@@ -185,9 +198,16 @@ class VisionTower(nn.Module):
 
     def _backbone_tokens(self, images:Tensor) -> Tensor:
         x = (images - self.mean) / self.std
-        if self.kind == 'dinov2': return self.backbone(pixel_values=x).last_hidden_state
-        cells = self.backbone(x.to(self.mean.dtype)).flatten(2).transpose(1, 2)   # [B, h*w, C], row by row
-        return torch.cat([cells.mean(1, keepdim=True), cells], 1)
+        if self.kind == 'dinov2':
+            h = self.backbone(pixel_values=x).last_hidden_state
+            if self.grid is None: return h
+            gh, gw = (s // p for s, p in zip(x.shape[2:], self.patch_size))
+            cells = h[:, 1:].transpose(1, 2).unflatten(2, (gh, gw))                       # [B, C, gh, gw]
+            return torch.cat([h[:, :1], _pool_cells(cells, self.grid)], 1)
+        # channels-last input: oneDNN's fast path for the depthwise and 1x1 convolutions (same result up to rounding)
+        fmap = self.backbone(x.to(self.mean.dtype).contiguous(memory_format=torch.channels_last))   # [B, C, h, w]
+        cls = fmap.mean((2, 3))[:, None]                                                  # the global pool of the whole map
+        return torch.cat([cls, _pool_cells(fmap, self.grid)], 1)
 
     def forward(self, images:Tensor, # Float [B, 3, H, W] in [0, 1], as `ToTensor()` gives (not normalised)
                ) -> Tensor: # [B, 1+P, hidden_size], CLS first
