@@ -159,8 +159,12 @@ def itc_loss(txt:Tensor, # [B, E] L2-normalised text features
              img_keys:Tensor|None=None, # [B, E] in-batch image keys; default `img` (with its gradient: CLIP's loss)
              queue_rows:Tensor|None=None, # Indices of the queue rows to contrast against; None: all of them
              caption_keys:Tensor|None=None, # [B] `caption_keys` of the pairs: identical captions are positives too
+             distill:float=0., # Momentum distillation weight alpha: targets mix in the keys' own softmax over the candidates (needs keys)
             ) -> tuple: # (loss, sim_t2i [B, B+Q], sim_i2t [B, B+Q], ids_all [B+Q])
     "Symmetric InfoNCE of the batch against [batch keys ; queue], every same-image entry a positive"
+    if not (isinstance(distill, (int, float)) and 0 <= distill <= 1): raise ValueError(f"distill must be in [0, 1], got {distill!r}")
+    if distill and (txt_keys is None or img_keys is None):
+        raise ValueError(f"distill={distill} needs txt_keys and img_keys (the momentum towers' features of the batch)")
     img_all = img if img_keys is None else img_keys
     txt_all = txt if txt_keys is None else txt_keys
     ids_all, keys_all = image_ids, queue_caption_keys(queue, caption_keys, queue_rows)
@@ -170,8 +174,12 @@ def itc_loss(txt:Tensor, # [B, E] L2-normalised text features
         txt_all = torch.cat([txt_all, sel(queue['text_feats']).to(txt.dtype)])
         ids_all = torch.cat([image_ids, sel(queue['image_ids'])])
     sim_t2i, sim_i2t = txt @ img_all.t() / temp, img @ txt_all.t() / temp
-    y = positive_targets(image_ids, ids_all, caption_keys, keys_all)
-    loss = (F.cross_entropy(sim_t2i.float(), y) + F.cross_entropy(sim_i2t.float(), y)) / 2
+    y_t2i = y_i2t = positive_targets(image_ids, ids_all, caption_keys, keys_all)
+    if distill:   # ALBEF's pseudo-targets: the momentum towers' own similarity distribution over the same candidates
+        with torch.no_grad():
+            y_t2i = (1 - distill) * y_t2i + distill * F.softmax((txt_keys @ img_all.t()).float() / temp, 1)
+            y_i2t = (1 - distill) * y_i2t + distill * F.softmax((img_keys @ txt_all.t()).float() / temp, 1)
+    loss = (F.cross_entropy(sim_t2i.float(), y_t2i) + F.cross_entropy(sim_i2t.float(), y_i2t)) / 2
     return loss, sim_t2i, sim_i2t, ids_all
 
 # %% ../nbs/07_losses.ipynb #4558f594
@@ -261,8 +269,8 @@ class Stage1Loss(nn.Module):
         "Clamp the learned temperature into `temp_range` (in place; call after each optimizer step, as CLIP does)"
         self.log_temp.clamp_(math.log(self.temp_range[0]), math.log(self.temp_range[1]))
 
-    def itc(self, txt, img, image_ids, txt_keys=None, img_keys=None, queue_rows=None, caption_keys=None):
-        return itc_loss(txt, img, image_ids, self.temp, self.queue, txt_keys, img_keys, queue_rows, caption_keys)
+    def itc(self, txt, img, image_ids, txt_keys=None, img_keys=None, queue_rows=None, caption_keys=None, distill=0.):
+        return itc_loss(txt, img, image_ids, self.temp, self.queue, txt_keys, img_keys, queue_rows, caption_keys, distill)
     def recon(self, logits, targets): return recon_loss(logits, targets, self.label_smoothing)
 
     def forward(self, logs:dict|None=None, # Extra figures to report, not weighted (detached)
