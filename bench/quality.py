@@ -7,13 +7,14 @@ over every image and caption, ITM accuracy (each positive pair against its hard 
 term, training pairs/s. Seeds are repeated and the table shows the mean and the spread (min-max) over seeds.
 
 Variants (`--variants`, comma-separated):
-  card          ternary text model, the card's queue (4096, momentum 0.995 with its warmup), pretrained CNN tower
+  card          ternary text model, the card's queue (4096, momentum 0.995 with its warmup, momentum distillation 0.4),
+                pretrained CNN tower
   fp            as card with `bitnet=False` (nn.Linear everywhere): the full-precision baseline
   batch_only    as card with `queue_size=0`: in-batch contrast (CLIP's loss), no momentum towers
   dinov2        as card with a DINOv2-small tower trained from scratch instead of the pretrained CNN
 
     python bench/quality.py --train-ann TRAIN.json --train-images DIR --valid-ann DEV.json --valid-images DIR \\
-        --tokenizer GPT2_FOLDER --cnn-weights mobilenet_v2.pth --minutes 10 --img-size 128 --seeds 0 1 \\
+        --tokenizer GPT2_FOLDER --cnn-weights mobilenet_v2.pth --minutes 30 --img-size 224 --grid 4 --seeds 0 1 \\
         [--eval-ann EVAL.json --eval-images DIR] [--variants card,fp,batch_only,dinov2] [--cache-vision] [--json out.json]
 """
 import argparse, json, math, os, random, statistics, tempfile, time, warnings
@@ -42,7 +43,7 @@ def build(a, tok, variant, seed):
     torch.manual_seed(seed); random.seed(seed); np.random.seed(seed)
     kw = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id or tok.eos_token_id,
               eos_token_id=tok.eos_token_id, max_position_embeddings=a.max_length, vision_backbone=a.cnn,
-              freeze_vision=not a.train_backbone, image_size=a.img_size)
+              freeze_vision=not a.train_backbone, image_size=a.img_size, vision_grid=a.grid)
     kw.update(json.loads(a.config))
     kw.update(VARIANTS[variant])
     if kw['vision_backbone'] == 'dinov2': kw['freeze_vision'] = False   # from scratch: it has to learn
@@ -145,7 +146,9 @@ def main():
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
     p.add_argument('--minutes', type=float, help='training budget per variant and seed (converted to steps once)')
     p.add_argument('--steps', type=int, help='training budget in optimizer steps (instead of --minutes)')
-    p.add_argument('--img-size', type=int, default=128)
+    p.add_argument('--img-size', type=int, default=224)
+    p.add_argument('--grid', type=int, default=None,
+                   help="pool the backbone's patch tokens to GRID x GRID (vision_grid): 224 px features at 128 px's token cost")
     p.add_argument('--bs', type=int, default=64)
     p.add_argument('--accum', type=int, default=1)
     p.add_argument('--lr', type=float, default=1e-3)

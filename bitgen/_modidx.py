@@ -522,5 +522,6 @@ d = { 'settings': { 'branch': 'main',
                                'bitgen.vision._check_state_dict': ('vision.html#_check_state_dict', 'bitgen/vision.py'),
                                'bitgen.vision._cnn_state_dict': ('vision.html#_cnn_state_dict', 'bitgen/vision.py'),
                                'bitgen.vision._cnn_trunk': ('vision.html#_cnn_trunk', 'bitgen/vision.py'),
+                               'bitgen.vision._pool_cells': ('vision.html#_pool_cells', 'bitgen/vision.py'),
                                'bitgen.vision.cnn_backbones': ('vision.html#cnn_backbones', 'bitgen/vision.py'),
                                'bitgen.vision.dinov2_small_config': ('vision.html#dinov2_small_config', 'bitgen/vision.py')}}}

@@ -819,6 +819,7 @@ def bitgen_train(
     vision_weights:str=None, # Pretrained backbone: a DINOv2 Hub name or folder, or a CNN's torchvision weights file or name
     freeze_vision:bool=False, # Freeze the vision backbone (its projection still trains)
     cache_vision:bool=False, # With `freeze_vision`: compute the backbone's features once per image and reuse them (no random crops)
+    vision_grid:int=None, # Average-pool the backbone's patch tokens to a grid x grid map (fewer image tokens; default: one a patch)
     queue_size:int=None, # Override the contrastive queue size (0: batch-only contrast)
     temperature:float=None, # Override the initial contrastive temperature
     resume:str=None, # Resume from a checkpoint folder (e.g. OUT/models/latest)
@@ -843,7 +844,7 @@ def bitgen_train(
     epochs, bs, img_size, accum, lr, warmup = (pick(v, d[k]) for k, v in
         dict(epochs=epochs, bs=bs, img_size=img_size, accum=accum, lr=lr, warmup=warmup).items())
     _check_args(ints1=dict(epochs=epochs, bs=bs, img_size=img_size, accum=accum, patience=patience, max_length=max_length,
-                           n_train=n_train, n_valid=n_valid),
+                           n_train=n_train, n_valid=n_valid, vision_grid=vision_grid),
                 ints0=dict(warmup=warmup, queue_size=queue_size, num_workers=num_workers, seed=seed),
                 pos=dict(lr=lr, clip=clip, temperature=temperature), nonneg=dict(wd=wd))
     out = Path(out)
@@ -861,6 +862,7 @@ def bitgen_train(
     if not demo: kw['max_position_embeddings'] = max_length
     if queue_size is not None: kw['queue_size'] = queue_size
     if temperature is not None: kw['temperature'] = temperature
+    if vision_grid is not None: kw['vision_grid'] = vision_grid
     if vision_backbone == 'dinov2' and vision_weights:   # the backbone's shape comes with its pretrained weights
         from transformers import Dinov2Config
         kw['vision_config'] = Dinov2Config.from_pretrained(vision_weights)

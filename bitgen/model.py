@@ -63,12 +63,14 @@ class BitGenConfig(PretrainedConfig):
     same_caption_positive: bool = True # Identical captions count as the same pair: ITC positives, never ITM negatives
     momentum: float = 0.995 # EMA rate the momentum towers (ITC keys, queue) reach (0: no towers, online keys, whole queue)
     momentum_warmup: int = 1000 # Optimizer steps over which the EMA rate ramps up to `momentum` (0: from the first step)
+    distill_alpha: float = 0.4 # Momentum distillation (ALBEF): weight of the momentum towers' own similarities in the ITC targets (0: one-hot targets)
     momentum_dtype: str = "auto" # The momentum towers' forward: "bfloat16", "float32", or "auto" (bfloat16 where the device computes it natively)
     bitnet: bool = True # BitLinear (1.58-bit) transformer linears; False: the nn.Linear baseline
     bitnet_vision: bool = False # Also make the vision tower's linears BitLinear (fully ternary build)
     vision_backbone: str = "dinov2" # "dinov2" (shaped by `vision_config`) or a torchvision CNN name, e.g. "mobilenet_v2"
     vision_config: dict | Dinov2Config | None = None # DINOv2 backbone shape; None: DINOv2-small
     freeze_vision: bool = False # Freeze the vision backbone (its projection still trains)
+    vision_grid: int | None = None # Average-pool the backbone's patch tokens to a grid x grid map (None: a token per patch or CNN cell)
     image_size: int = 224 # Side of the square images the model is trained at (the default of evaluation and embedding)
     initializer_range: float = 0.02 # Std of the normal init of linears and embeddings
     pad_token_id: int | None = 50256 # GPT-2 has no pad token: pad = eos
@@ -85,6 +87,9 @@ class BitGenConfig(PretrainedConfig):
             raise ValueError(f"num_fusion_layers={self.num_fusion_layers} must be in [0, num_encoder_layers={self.num_encoder_layers}]")
         for n in ('itc_weight', 'itm_weight', 'recon_weight', 'kl_weight', 'queue_size'):
             if getattr(self, n) < 0: raise ValueError(f"{n} must be >= 0, got {getattr(self, n)}")
+        if not 0 <= self.distill_alpha <= 1: raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
+        if self.vision_grid is not None and (isinstance(self.vision_grid, bool) or not isinstance(self.vision_grid, int) or self.vision_grid < 1):
+            raise ValueError(f"vision_grid must be a positive int or None, got {self.vision_grid!r}")
         if not 0 <= self.momentum < 1: raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.momentum_warmup < 0: raise ValueError(f"momentum_warmup must be >= 0, got {self.momentum_warmup}")
         if self.momentum_dtype not in ('auto', 'bfloat16', 'float32'):
@@ -185,7 +190,7 @@ class BitGenModel(BitGenPreTrainedModel):
         super().__init__(config)
         c = config
         self.vision = VisionTower(c.vision_config if c.vision_backbone == 'dinov2' else c.vision_backbone, c.hidden_size,
-                                  freeze=c.freeze_vision)
+                                  freeze=c.freeze_vision, grid=c.vision_grid)
         if self.vision.kind == 'cnn':   # keep torchvision's own initialisation of the CNN (Hugging Face's would redo it)
             for m in self.vision.backbone.modules(): m._is_hf_initialized = True
         if c.bitnet_vision:
@@ -428,7 +433,8 @@ def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids)
     # evaluation contrasts the batch only: the loss depends on the weights and the data, not on the queue's state
     queue = self.loss_fn.queue if self.training else None
     rows, Bg, loc = self.queue_rows() if self.training else None, ids_g.shape[0], slice(s0, s0 + B)
-    itc, sim_t2i, sim_i2t, ids_all = itc_loss(txt_g, img_g, ids_g, self.loss_fn.temp, queue, txt_k, img_k, rows, keys_g)
+    distill = c.distill_alpha if self.momentum_model is not None and self.training else 0.   # ALBEF's momentum distillation
+    itc, sim_t2i, sim_i2t, ids_all = itc_loss(txt_g, img_g, ids_g, self.loss_fn.temp, queue, txt_k, img_k, rows, keys_g, distill)
     keys_all = queue_caption_keys(queue, keys_g, rows)      # aligned with the columns of sim_i2t
     if not c.itm_queue_negatives: sim_i2t, ids_all, keys_all = sim_i2t[:, :Bg], ids_all[:Bg], keys_g
     # hard negatives, drawn alike on every rank over the global rows: an image of the global batch for every caption,
