@@ -338,17 +338,18 @@ class _GraphPacked(nn.Module):
         codes = (u8.flatten()[:lin.codes.numel()] - 1).to(torch.int8).view(lin.out_features, lin.in_features)
         u = x * lin.h
         m = u.abs().amax(-1, keepdim=True).clamp(min=1e-30)
-        acc = _int8_matmul((u * (127 / m)).round().to(torch.int8), codes.t())
+        acc = _u8s8_matmul(((u * (127 / m)).round() + 128).to(torch.uint8), codes.t())   # codes + 128: see _u8s8_matmul
         vn = torch.linalg.vector_norm(x, 2, -1, True)
         y = acc.float() * ((vn * vn / lin.in_features + lin.eps).rsqrt() * m)
         return y if lin.bias is None else y + lin.bias
 
-@torch.library.custom_op('bitgen::int8_matmul', mutates_args=())
-def _int8_matmul(a:Tensor, b:Tensor) -> Tensor:
-    "int8 [..., K] x int8 [K, N] -> int32 [..., N]: `torch._int_mm` over the leading dims (ONNX `MatMulInteger`)"
-    return torch._int_mm(a.reshape(-1, a.shape[-1]), b).view(*a.shape[:-1], b.shape[-1])
+@torch.library.custom_op('bitgen::u8s8_matmul', mutates_args=())
+def _u8s8_matmul(a:Tensor, b:Tensor) -> Tensor:
+    "(uint8 [..., K] - 128) x int8 [K, N] -> int32 [..., N]: `torch._int_mm` over the leading dims (ONNX `MatMulInteger`, a_zero_point 128)"
+    return torch._int_mm((a.to(torch.int16) - 128).to(torch.int8).reshape(-1, a.shape[-1]), b).view(*a.shape[:-1], b.shape[-1])
 
-def _int8_matmul_symbolic(g, a, b): return g.op('MatMulInteger', a, b)
+def _u8s8_matmul_symbolic(g, a, b):
+    return g.op('MatMulInteger', a, b, g.op('Constant', value_t=torch.tensor(128, dtype=torch.uint8)))
 
 def _rms_norm_symbolic(g, x, shape, weight, eps):
     "`F.rms_norm` over the last dim as opset-17 ops (RMSNormalization is opset 23): x / sqrt(mean(x^2) + eps) * weight"
@@ -426,7 +427,7 @@ def export_onnx(model:BitGenModel, # A model from `load_packed` (packed ternary 
         if isinstance(m, PackedBitLinear):
             parent, _, attr = n.rpartition('.')
             setattr(g.get_submodule(parent), attr, _GraphPacked(m, fmt))
-    torch.onnx.register_custom_op_symbolic('bitgen::int8_matmul', _int8_matmul_symbolic, opset)
+    torch.onnx.register_custom_op_symbolic('bitgen::u8s8_matmul', _u8s8_matmul_symbolic, opset)
     torch.onnx.register_custom_op_symbolic('aten::rms_norm', _rms_norm_symbolic, opset)
     L = min(8, c.max_position_embeddings)
     ids, mask = torch.full((2, L), c.pad_token_id or 0, dtype=torch.long), torch.ones(2, L, dtype=torch.long)
