@@ -112,9 +112,9 @@ def linear(self:PackedBitLinear, x:Tensor, # Activations (..., in_features)
     else: acc = q @ codes.t().to(q.dtype)                             # exact in fp32 for in_features <= 1040
     vn = torch.linalg.vector_norm(x.float(), 2, -1, True)            # r^2 = |x|^2 / n + eps
     f = torch.addcmul(self.eps_t, vn, vn, value=1 / self.in_features).rsqrt_().mul_(m)   # m / r, per token
-    y = acc.view(*x.shape[:-1], self.out_features) * f                # the one rescale
-    if self.bias is not None: y = y + self.bias
-    return y.to(x.dtype)
+    acc = acc.view(*x.shape[:-1], self.out_features)
+    y = torch.mul(acc, f) if self.bias is None else torch.addcmul(self.bias, acc, f)   # the one rescale (+ b): one op
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 @patch
 def _save_to_state_dict(self:PackedBitLinear, destination, prefix, keep_vars):
