@@ -24,6 +24,7 @@ from safetensors import safe_open, SafetensorError
 from safetensors.torch import save as safetensors_bytes
 from .quant import pack_ternary
 from .bitlinear import BitLinear, PackedBitLinear
+from .encoder import fuse_blocks
 from .model import BitGenConfig, BitGenModel
 from .fusion import fused_encode
 from .data import load_tokenizer, read_rgb
@@ -242,6 +243,7 @@ def _int8_embedding(model:BitGenModel, name:str):
 _STORED_MIN = 2 ** 16   # linears with at least this many fp16 weights keep them fp16 in memory (`Fp16Linear`)
 
 def load_packed(path, # A file written by `export_packed` (or `bitgen-export`)
+                fuse:bool=True, # Run each transformer block's q/k/v and FFN up projection fused (`fuse_blocks`)
                ) -> BitGenModel: # Inference-only model on the CPU, in eval mode, every BitLinear a `PackedBitLinear`
     "Build an inference-only `BitGenModel` on the CPU from a packed file alone, its weights held as the file stores them"
     path = Path(path)
@@ -272,6 +274,7 @@ def load_packed(path, # A file written by `export_packed` (or `bitgen-export`)
         for n, b in mod.named_buffers(recurse=False):
             if b.is_meta: setattr(mod, n, torch.zeros(b.shape, dtype=b.dtype))
     model.vision.init_buffers()
+    if fuse: fuse_blocks(model)
     return model.requires_grad_(False).eval()
 
 # %% ../nbs/12_export.ipynb #b517e27c
