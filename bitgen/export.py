@@ -364,6 +364,14 @@ def _rms_norm_symbolic(g, x, shape, weight, eps):
     y = g.op('Div', x, g.op('Sqrt', g.op('Add', ms, g.op('Constant', value_t=torch.tensor(e, dtype=torch.float32)))))
     return y if sh._is_none(weight) else g.op('Mul', y, weight)
 
+def _fix_positions(emb:nn.Module, size:int):
+    "DINOv2 embeddings `emb` with the position table interpolated once for `size` x `size` images, a constant of the graph"
+    p = emb.patch_embeddings.patch_size
+    n = (size // p[0]) * (size // p[1])
+    with torch.no_grad(): pos = emb.interpolate_pos_encoding(emb.position_embeddings.new_zeros(1, 1 + n, emb.position_embeddings.shape[-1]), size, size)
+    emb.register_buffer('fixed_position_embeddings', pos.detach().clone())
+    emb.interpolate_pos_encoding = lambda embeddings, height, width: emb.fixed_position_embeddings   # the graph's inputs are size x size
+
 class _ImageGraph(nn.Module):
     def __init__(self, model): super().__init__(); self.model = model
     def forward(self, pixel_values):
@@ -390,12 +398,35 @@ class _ITMGraph(nn.Module):
         logits = self.model.itm_head(torch.cat([enc.norm(t)[:, 0], i[:, 0]], -1))
         return logits, logits.softmax(-1)[:, 1]
 
+def _dedup_constants(m):
+    "Keep one of each set of equal constants (initializers, `Constant` nodes) of ONNX model `m`, and point every use at it"
+    from onnx import numpy_helper
+    key = lambda a: (a.dtype.str, a.shape, a.tobytes())
+    first, alias, inits = {}, {}, []
+    for t in m.graph.initializer:
+        k = key(numpy_helper.to_array(t))
+        if k in first: alias[t.name] = first[k]
+        else: first[k] = t.name; inits.append(t)
+    nodes = []
+    for n in m.graph.node:
+        if n.op_type == 'Constant' and len(n.attribute) == 1 and n.attribute[0].name == 'value':
+            k = key(numpy_helper.to_array(n.attribute[0].t))
+            if k in first: alias[n.output[0]] = first[k]; continue
+            first[k] = n.output[0]
+        nodes.append(n)
+    outputs = {o.name for o in m.graph.output}
+    if outputs & set(alias): raise ValueError(f"graph outputs {sorted(outputs & set(alias))} are constants")
+    for n in nodes: n.input[:] = [alias.get(i, i) for i in n.input]
+    del m.graph.initializer[:]; m.graph.initializer.extend(inits)
+    del m.graph.node[:]; m.graph.node.extend(nodes)
+
 def _compact(data:bytes, min_numel:int=1024) -> bytes:
-    "ONNX model `data` without the tracer's per-node source notes, each float initializer that is exactly fp16 (what the packed file holds in fp16) stored as fp16 and cast in the graph"
+    "ONNX model `data` without the tracer's per-node source notes, each constant once, each float initializer that is exactly fp16 (what the packed file holds in fp16) stored as fp16 and cast in the graph"
     import onnx
     from onnx import numpy_helper, helper, TensorProto
     m = onnx.load_from_string(data)
     for n in m.graph.node: n.doc_string = ''   # the tracer's source locations: a third of a small graph's bytes
+    _dedup_constants(m)   # every layer's copy of the same digits, epsilons, shapes and index constants
     inits, casts = [], []
     for t in m.graph.initializer:
         a = numpy_helper.to_array(t) if t.data_type == TensorProto.FLOAT else None
@@ -426,6 +457,7 @@ def export_onnx(model:BitGenModel, # A model from `load_packed` (packed ternary 
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     c, size = model.config, image_size or model.config.image_size
     g = copy.deepcopy(model).eval()
+    if g.vision.kind == 'dinov2': _fix_positions(g.vision.backbone.embeddings, size)
     for n, m in list(g.named_modules()):
         if isinstance(m, PackedBitLinear):
             parent, _, attr = n.rpartition('.')
