@@ -75,7 +75,7 @@ class PackedBitLinear(nn.Module):
         self.register_buffer('norm_weight', torch.ones(in_features, device=device))  # the RMSNorm gain g
         self.register_buffer('bias', torch.zeros(out_features, device=device) if bias else None)
         self.register_buffer('h', torch.full((in_features,), 1 / 127, device=device), persistent=False)  # g * gamma / 127
-        self.register_buffer('eps_t', torch.full((), eps, device=device), persistent=False)
+        self.register_buffer('eps_t', torch.full((), eps / 127**2, device=device), persistent=False)   # epsilon / 127^2
 
     def _refresh(self):
         "Recompute the folded gain from the scale and the RMSNorm gain"
@@ -91,7 +91,7 @@ class PackedBitLinear(nn.Module):
         new.codes, new.scale = codes, g.clone()
         new.norm_weight = lin.norm.weight.detach().float().clone()
         if lin.bias is not None: new.bias = lin.bias.detach().float().clone()
-        new.eps_t = torch.full((), lin.norm.eps, device=dev)
+        new.eps_t = torch.full((), lin.norm.eps / 127**2, device=dev)
         new._refresh()
         return new
 
@@ -106,12 +106,12 @@ def linear(self:PackedBitLinear, x:Tensor, # Activations (..., in_features)
           ) -> Tensor: # (..., out_features), in the dtype of `x`
     "The layer's output on `x` with the codes `codes`"
     u = x * self.h                                                     # (..., in): gain and gamma/127 folded in
-    m = u.abs().amax(-1, keepdim=True).clamp_(min=1e-30)               # (..., 1); an all-zero token stays zero
-    q = u.mul_(127 / m).round_().reshape(-1, self.in_features)        # int8 codes in [-127, 127] (as floats)
+    s = u.abs().amax(-1, keepdim=True).clamp_(min=1e-30).mul_(1 / 127)   # (..., 1): the step m / 127 (all-zero token: 0)
+    q = u.div_(s).round_().reshape(-1, self.in_features)              # int8 codes in [-127, 127] (as floats)
     if codes.dtype == torch.int8 and q.is_cpu: acc = torch._int_mm(q.to(torch.int8), codes.t())  # exact int32
     else: acc = q @ codes.t().to(q.dtype)                             # exact in fp32 for in_features <= 1040
     vn = torch.linalg.vector_norm(x.float(), 2, -1, True)            # r^2 = |x|^2 / n + eps
-    f = torch.addcmul(self.eps_t, vn, vn, value=1 / self.in_features).rsqrt_().mul_(m)   # m / r, per token
+    f = torch.addcmul(self.eps_t, vn, vn, value=1 / (127**2 * self.in_features)).rsqrt_().mul_(s)   # (127 / r) (m / 127)
     acc = acc.view(*x.shape[:-1], self.out_features)
     y = torch.mul(acc, f) if self.bias is None else torch.addcmul(self.bias, acc, f)   # the one rescale (+ b): one op
     return y if y.dtype == x.dtype else y.to(x.dtype)
@@ -143,7 +143,7 @@ def _load_from_state_dict(self:PackedBitLinear, state_dict, prefix, local_metada
         if v.shape != getattr(self, k).shape:
             error_msgs.append(f"{prefix}{k}: shape {tuple(v.shape)}, expected {tuple(getattr(self, k).shape)}"); return
         setattr(self, k, v.float().to(dev) if assign or getattr(self, k).is_meta else getattr(self, k).copy_(v))
-    if self.eps_t.is_meta or self.eps_t.device != dev: self.eps_t = torch.full((), self.eps, device=dev)
+    if self.eps_t.is_meta or self.eps_t.device != dev: self.eps_t = torch.full((), self.eps / 127**2, device=dev)
     self._refresh()
 
 @patch
@@ -205,25 +205,22 @@ class FusedBitLinears:
             raise ValueError(f"expected PackedBitLinears, got {[type(l).__name__ for l in layers]}")
         if len({(l.in_features, l.out_features) for l in layers}) > 1:
             raise ValueError(f"fused layers need one shape, got {[(l.in_features, l.out_features) for l in layers]}")
-        n, d = len(layers), layers[0].in_features
+        n, d, dev = len(layers), layers[0].in_features, layers[0].h.device
         self.n, self.in_features, self.out_features = n, d, layers[0].out_features
-        g0 = norm.weight.detach().float() if norm is not None and norm.weight is not None else torch.ones(d, device=layers[0].h.device)
-        eps0 = (norm.eps if norm.eps is not None else torch.finfo(torch.float32).eps) if norm is not None else None
-        G = torch.stack([g0 * l.h for l in layers])                            # (n, in): each layer's folded gain
-        c = (G @ G[0]) / (G[0] @ G[0]).clamp(min=1e-30)                         # least-squares G_i = c_i G_1
+        g0 = norm.weight.detach().float() if norm is not None and norm.weight is not None else torch.ones(d, device=dev)
+        G = torch.stack([g0 * l.h for l in layers])                             # (n, in): each layer's folded gain
+        c = (G @ G[0]) / (G[0] @ G[0]).clamp(min=1e-30)                          # least-squares G_i = c_i G_1
         self.shared = bool((c > 0).all() and ((G - c[:, None] * G[0]).abs().amax() <= 1e-6 * G.abs().amax()))
-        if self.shared: G, c = G[:1], c
-        else: c = torch.ones(n, device=G.device)
-        self.G = G[:, None, :]                                                  # (k, 1, in), k = 1 (shared) or n
-        eps = torch.tensor([l.eps for l in layers], device=G.device)
-        # rsqrt(a) c = rsqrt(a / c^2): the factors c_i ride in the coefficients of the per-layer norm term
-        self.wz = (1 / c**2)[:, None, None]                                     # (n, 1, 1) x mean(z^2)
-        self.wx = (eps / c**2)[:, None, None]                                   # (n, 1, 1) x (mean(x^2) + eps0) or x 1
-        self.P = torch.stack([g0 * g0, torch.ones_like(g0)], 1) / d             # (in, 2): x^2 @ P = (mean(z^2), mean(x^2))
-        self.eps0 = eps0
-        self.codes = torch.cat([l.codes for l in layers]) if self.shared else torch.stack([l.codes for l in layers])
+        if self.shared: self.G, self.codes_t = G[0], torch.cat([l.codes for l in layers]).t()   # (in,), (in, n*out)
+        else: self.G, self.codes_t, c = G[:, None, :], [l.codes.t() for l in layers], torch.ones(n, device=dev)  # (n, 1, in)
+        # arg_i = (mean(z^2) + eps_i (mean(x^2) + eps0)) / (127 c_i)^2 = x^2 @ Q[:, i] + e_i (without a norm: z = x, eps0 -> 1)
+        eps = torch.tensor([l.eps for l in layers], device=dev)
+        eps0 = (norm.eps if norm.eps is not None else torch.finfo(torch.float32).eps) if norm is not None else None
+        k = 1 / (127 * c) ** 2                                                   # (n,)
+        self.Q = ((g0 * g0)[:, None] + (eps[None] if norm is not None else 0)) * (k / d)   # (in, n)
+        self.e = eps * (eps0 if norm is not None else 1.) * k                   # (n,)
         self.bias = (torch.stack([l.bias if l.bias is not None else torch.zeros_like(l.h[:self.out_features]) for l in layers])
-                     [:, None, :] if any(l.bias is not None for l in layers) else None)   # (n, 1, out)
+                     if any(l.bias is not None for l in layers) else None)      # (n, out)
 
     def __repr__(self): return (f"FusedBitLinears({self.n} x ({self.in_features} -> {self.out_features}), "
                                 f"{'one shared quantiser' if self.shared else 'one quantiser per layer'})")
@@ -232,25 +229,22 @@ class FusedBitLinears:
 # %% ../nbs/01_bitlinear.ipynb #f05ed003
 @patch
 def __call__(self:FusedBitLinears, x:Tensor, # The shared input (..., in_features): the norm's input if a norm was folded
-            ) -> list: # n outputs (..., out_features), in the order of the layers
+            ) -> tuple: # n outputs (..., out_features), in the order of the layers
     "Each layer's output on `x` (behind the folded norm)"
     lead, x2 = x.shape[:-1], x.reshape(-1, self.in_features).float()          # (T, in)
-    u = x2 * self.G                                                            # (k, T, in)
-    m = u.abs().amax(-1, keepdim=True).clamp_(min=1e-30)                       # (k, T, 1): M_i (M_1 when shared)
-    q = u.mul_(127 / m).round_()
-    if self.shared: q, codes = q[0], self.codes.t()                            # (T, in) x (in, n*out)
-    if q.is_cpu and self.codes.dtype == torch.int8:
-        q = q.to(torch.int8)
-        if self.shared: acc = torch._int_mm(q, codes).view(-1, self.n, self.out_features).transpose(0, 1)   # (n, T, out)
-        else:
-            acc = torch.empty(self.n, x2.shape[0], self.out_features, dtype=torch.int32, device=x.device)
-            for i in range(self.n): torch._int_mm(q[i], self.codes[i].t(), out=acc[i])
-    else:
-        acc = (q @ codes.to(q.dtype)).view(-1, self.n, self.out_features).transpose(0, 1) if self.shared else \
-              q @ self.codes.transpose(1, 2).to(q.dtype)
-    ms = (x2 * x2) @ self.P                                                    # (T, 2): mean(z^2), mean(x^2)
-    a = ms[:, 1:] + self.eps0 if self.eps0 is not None else torch.ones_like(ms[:, 1:])
-    f = torch.addcmul(self.wz * ms[:, :1], self.wx, a).rsqrt_().mul_(m)        # (n, T, 1): M_i / r_i
-    y = torch.mul(acc, f) if self.bias is None else torch.addcmul(self.bias, acc, f)   # (n, T, out)
-    return [t.view(*lead, self.out_features).to(x.dtype) for t in y]
+    u = x2 * self.G                                                            # (T, in) shared, else (n, T, in)
+    s = u.abs().amax(-1, keepdim=True).clamp_(min=1e-30).mul_(1 / 127)         # the quantiser's step M / 127, per token
+    q = u.div_(s).round_()                                                     # int8 codes in [-127, 127] (as floats)
+    cpu = q.is_cpu and (self.codes_t if self.shared else self.codes_t[0]).dtype == torch.int8
+    if self.shared: acc = (torch._int_mm(q.to(torch.int8), self.codes_t) if cpu else q @ self.codes_t.to(q.dtype)).view(-1, self.n, self.out_features)
+    elif cpu:
+        q, acc = q.to(torch.int8), torch.empty(self.n, x2.shape[0], self.out_features, dtype=torch.int32, device=x.device)
+        for i, w in enumerate(self.codes_t): torch._int_mm(q[i], w, out=acc[i])
+        acc = acc.transpose(0, 1)                                              # (T, n, out)
+    else: acc = torch.stack([q[i] @ w.to(q.dtype) for i, w in enumerate(self.codes_t)], 1)
+    f = torch.addmm(self.e, x2 * x2, self.Q).rsqrt_()                          # (T, n): 1 / (127 c_i r_i)
+    f = f.mul_(s)[..., None] if self.shared else f[..., None].mul_(s.transpose(0, 1))   # (T, n, 1): M_i / r_i
+    y = torch.mul(acc, f) if self.bias is None else torch.addcmul(self.bias, acc, f)   # (T, n, out)
+    return tuple(t.view(*lead, self.out_features) if t.dtype == x.dtype else t.view(*lead, self.out_features).to(x.dtype)
+                 for t in y.unbind(1))
 
