@@ -142,12 +142,15 @@ class CrossAttention(nn.Module):
 
 # %% ../nbs/02_encoder.ipynb #f05ed102
 @patch
-def _shared_input_linears(self:Block) -> list: return [self.attn.q_proj, self.attn.k_proj, self.attn.v_proj, self.ffn.up_proj]
+def _shared_input_linears(self:Block) -> list:
+    a, f = self._modules['attn']._modules, self._modules['ffn']._modules   # dict lookups: this runs on every call
+    return [a['q_proj'], a['k_proj'], a['v_proj'], f['up_proj']]
 
 @patch
 def _fuse(self:Block, lins:list) -> tuple:
     "`FusedBitLinears` of (q, k, v) behind `norm1` and (up,) behind `norm2`, cached until a tensor they are made of changes"
-    ts = [t for l in lins for t in (l.codes, l.h, l.eps_t, l.bias) if t is not None] + [self.norm1.weight, self.norm2.weight]
+    ts = [t for l in lins for k in ('codes', 'h', 'eps_t', 'bias') if (t := l._buffers[k]) is not None]
+    ts += [self._modules[k]._parameters['weight'] for k in ('norm1', 'norm2')]
     c = getattr(self, '_fused_cache', None)
     if c is None or len(c[0]) != len(ts) or not all(a is b and v == b._version for (a, v), b in zip(c[0], ts)):
         with torch.inference_mode(False), torch.no_grad():   # ordinary tensors, usable outside inference mode too

@@ -122,7 +122,7 @@ class Int8Embedding(nn.Module):
         self.register_buffer('weight_scale', torch.ones(num_embeddings, 1, device=device))
 
     def forward(self, input_ids:Tensor) -> Tensor:
-        return F.embedding(input_ids, self.weight).float() * F.embedding(input_ids, self.weight_scale)
+        return torch.mul(F.embedding(input_ids, self.weight), F.embedding(input_ids, self.weight_scale))   # int8 x fp32 -> fp32
 
     def dequantized(self) -> Tensor:
         "The float matrix `weight * weight_scale` [V, D] (a new tensor)"
