@@ -228,9 +228,9 @@ class FusedBitLinears:
 
 # %% ../nbs/01_bitlinear.ipynb #f05ed003
 @patch
-def __call__(self:FusedBitLinears, x:Tensor, # The shared input (..., in_features): the norm's input if a norm was folded
-            ) -> tuple: # n outputs (..., out_features), in the order of the layers
-    "Each layer's output on `x` (behind the folded norm)"
+def stacked(self:FusedBitLinears, x:Tensor, # The shared input (..., in_features): the norm's input if a norm was folded
+           ) -> Tensor: # (..., n, out_features): layer i's output at [..., i, :]
+    "The layers' outputs on `x` (behind the folded norm), side by side"
     lead, x2 = x.shape[:-1], x.reshape(-1, self.in_features).float()          # (T, in)
     u = x2 * self.G                                                            # (T, in) shared, else (n, T, in)
     s = u.abs().amax(-1, keepdim=True).clamp_(min=1e-30).mul_(1 / 127)         # the quantiser's step M / 127, per token
@@ -245,6 +245,11 @@ def __call__(self:FusedBitLinears, x:Tensor, # The shared input (..., in_feature
     f = torch.addmm(self.e, x2 * x2, self.Q).rsqrt_()                          # (T, n): 1 / (127 c_i r_i)
     f = f.mul_(s)[..., None] if self.shared else f[..., None].mul_(s.transpose(0, 1))   # (T, n, 1): M_i / r_i
     y = torch.mul(acc, f) if self.bias is None else torch.addcmul(self.bias, acc, f)   # (T, n, out)
-    return tuple(t.view(*lead, self.out_features) if t.dtype == x.dtype else t.view(*lead, self.out_features).to(x.dtype)
-                 for t in y.unbind(1))
+    y = y.view(*lead, self.n, self.out_features)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+@patch
+def __call__(self:FusedBitLinears, x:Tensor) -> tuple:
+    "Each layer's output on `x` (..., out_features), in the order of the layers (see `stacked`)"
+    return self.stacked(x).unbind(-2)
 

@@ -70,8 +70,12 @@ class Attention(nn.Module):
                causal:bool=False, # Causal mask (self-attention of a causal layer)
               ) -> Tensor: # [bs, sq, D]
         "Masked multi-head attention of projected `q`, `k`, `v`, then SubLN and the output projection"
-        bs, sq, sk = q.shape[0], q.shape[1], k.shape[1]
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        return self.attend_heads(self._heads(q), self._heads(k), self._heads(v), mask, causal)
+
+    def attend_heads(self, q:Tensor, k:Tensor, v:Tensor, # Queries [bs, nh, sq, hd], keys and values [bs, nh, sk, hd]
+                     mask:Tensor|None=None, causal:bool=False) -> Tensor: # [bs, sq, D]
+        "`attend` on queries, keys and values already split into heads"
+        bs, sq, sk = q.shape[0], q.shape[2], k.shape[2]
         m = _attn_mask(mask, bs, sq, sk, causal)
         if m is None or mask is None: o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         else:
@@ -168,11 +172,11 @@ def _fused(self:Block):   # replaces the placeholder in `Block`
 @patch
 def _forward_fused(self:Block, x:Tensor, mask, cross, qkv:FusedBitLinears, up:FusedBitLinears) -> Tensor:
     "`forward` with q/k/v and the FFN up projection computed by `qkv` and `up` (their norms folded in)"
-    q, k, v = qkv(x)
-    x = x + self.attn.attend(q, k, v, mask, causal=self.attn.causal)
+    attn, ffn = self._modules['attn'], self._modules['ffn']
+    q, k, v = qkv.stacked(x).unflatten(-1, (attn.num_heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)   # (bs, nh, s, hd) each
+    x = x + attn.attend_heads(q, k, v, mask, causal=attn.causal)
     if cross is not None: x = cross(x)
-    (h,) = up(x)
-    return x + self.ffn.down_proj(self.ffn.sub_norm(self.ffn.act(h)))
+    return x + ffn.down_proj(ffn.sub_norm(ffn.act(up.stacked(x)[..., 0, :])))
 
 class PackedBlock(Block):
     "A `Block` of `PackedBitLinear`s whose q/k/v (behind `norm1`) and FFN up projection (behind `norm2`) run fused"
