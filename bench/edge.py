@@ -4,7 +4,8 @@ random init).
 Builds (all from one seed):
   (a) fp32: the model with nn.Linear in place of BitLinear (bitnet=False), the baseline of every ratio,
   (b) QAT eval: BitLinear with latent weights, in eval mode (its cached packed form under inference_mode),
-  (c) packed: (b) exported (base3, int8 embedding) and loaded with `load_packed`,
+  (c) packed: (b) exported (base3, int8 embedding) and loaded with `load_packed` (blocks fused: `fuse_blocks`),
+  (c unfused): the same file loaded with `load_packed(fuse=False)`, to show what fusing the blocks gives,
   (d) fully ternary packed: bitnet_vision=True, exported and loaded the same way.
 Runtimes: PyTorch eager, PyTorch `torch.compile` (unless --no-compile), ONNX Runtime (`export_onnx` of (a): "ORT fp32";
 of (c) and (d): "ORT packed").
@@ -67,7 +68,7 @@ def rss_child(variant: str, path: str, size: int):
         from bitgen.fusion import fused_encode
         torch.set_num_threads(1)
         base = _after_import()
-        m = BitGenModel.from_pretrained(path).eval() if variant == 'fp32' else load_packed(path)
+        m = BitGenModel.from_pretrained(path).eval() if variant == 'fp32' else load_packed(path, fuse=variant != 'packed unfused')
         with torch.inference_mode():
             ids, img = torch.full((1, 16), 7), torch.rand(1, 3, size, size)
             m.get_text_features(ids); tok = m.vision(img); m._image_feats(m._image_stream(tok))
@@ -151,7 +152,8 @@ def main():
         m.save_pretrained(tmp/name); sizes[name] = size_report(tmp/name/'model.safetensors', m)
     sizes['c'] = export_packed(qat, tmp/'c.safetensors', embeddings='int8')
     sizes['d'] = export_packed(full, tmp/'d.safetensors', embeddings='int8')
-    models = dict(a=fp32, b=qat, c=load_packed(tmp/'c.safetensors'), d=load_packed(tmp/'d.safetensors'))
+    models = {'a': fp32, 'b': qat, 'c': load_packed(tmp/'c.safetensors'), 'c unfused': load_packed(tmp/'c.safetensors', fuse=False),
+              'd': load_packed(tmp/'d.safetensors')}
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{'tiny config' if a.tiny else 'BitGenConfig() defaults (text 128 wide, vocab 50257; DINOv2-small)'}, "
           f"random init, image {size} px\n")
@@ -226,9 +228,9 @@ def main():
 
     mem = {}
     print("peak RSS of load + one image-caption inference, from after the imports (fresh process each, 1 thread)")
-    for k, path in (('fp32', tmp/'a'), ('c packed', tmp/'c.safetensors'), ('d packed', tmp/'d.safetensors'),
+    for k, path in (('fp32', tmp/'a'), ('c packed', tmp/'c.safetensors'), ('c unfused', tmp/'c.safetensors'), ('d packed', tmp/'d.safetensors'),
                     *((('ort c', tmp/'onnx_c'), ('ort d', tmp/'onnx_d'), ('ort a', tmp/'onnx_a')) if a.onnx else ())):
-        mem[k] = peak_rss(k if k == 'fp32' else ('ort' if k.startswith('ort') else 'packed'), path, size)
+        mem[k] = peak_rss({'fp32': 'fp32', 'c unfused': 'packed unfused'}.get(k, 'ort' if k.startswith('ort') else 'packed'), path, size)
         print(f"  {k:10s} {mem[k]['load_and_infer'] / 1e6:8.1f} MB  ({mem[k]['load_and_infer'] / mem['fp32']['load_and_infer']:.2f}x fp32)"
               f"   [RSS after import {mem[k]['after_import'] / 1e6:.0f} MB]")
     print()
@@ -253,6 +255,9 @@ def main():
         verdict("ONNX text side (text encoder + ITM scorer)", (d['text_encoder.onnx'] + d['itm.onnx']) / 1e6, 8, ' MB')
     verdict("peak RSS, packed (c) load + inference / fp32", mem['c packed']['load_and_infer'] / mem['fp32']['load_and_infer'], 0.8)
     verdict("peak RSS, fully ternary (d) load + inference / fp32", mem['d packed']['load_and_infer'] / mem['fp32']['load_and_infer'], 0.8)
+    for n in (16, 64):
+        r = t1[f'text {n}']
+        print(f"fusing the blocks: packed (c) / (c unfused), text {n} tokens{tl}: {r['c eager']['ratio'] / r['c unfused eager']['ratio']:.2f}x")
     print(f"packed vs QAT text features: cosine {cos['text_c_vs_b']:.6f}")
     Path(a.json).write_text(json.dumps(dict(sizes=sizes, onnx_sizes=onnx_sizes, latency={str(t): v for t, v in res.items()},
                                             memory=mem, warnings={str(t): w for t, w in warns_all.items()}, cosine=cos,

@@ -24,6 +24,7 @@ from safetensors import safe_open, SafetensorError
 from safetensors.torch import save as safetensors_bytes
 from .quant import pack_ternary
 from .bitlinear import BitLinear, PackedBitLinear
+from .encoder import fuse_blocks
 from .model import BitGenConfig, BitGenModel
 from .fusion import fused_encode
 from .data import load_tokenizer, read_rgb
@@ -121,7 +122,7 @@ class Int8Embedding(nn.Module):
         self.register_buffer('weight_scale', torch.ones(num_embeddings, 1, device=device))
 
     def forward(self, input_ids:Tensor) -> Tensor:
-        return F.embedding(input_ids, self.weight).float() * F.embedding(input_ids, self.weight_scale)
+        return torch.mul(F.embedding(input_ids, self.weight), F.embedding(input_ids, self.weight_scale))   # int8 x fp32 -> fp32
 
     def dequantized(self) -> Tensor:
         "The float matrix `weight * weight_scale` [V, D] (a new tensor)"
@@ -242,6 +243,7 @@ def _int8_embedding(model:BitGenModel, name:str):
 _STORED_MIN = 2 ** 16   # linears with at least this many fp16 weights keep them fp16 in memory (`Fp16Linear`)
 
 def load_packed(path, # A file written by `export_packed` (or `bitgen-export`)
+                fuse:bool=True, # Run each transformer block's q/k/v and FFN up projection fused (`fuse_blocks`)
                ) -> BitGenModel: # Inference-only model on the CPU, in eval mode, every BitLinear a `PackedBitLinear`
     "Build an inference-only `BitGenModel` on the CPU from a packed file alone, its weights held as the file stores them"
     path = Path(path)
@@ -272,6 +274,7 @@ def load_packed(path, # A file written by `export_packed` (or `bitgen-export`)
         for n, b in mod.named_buffers(recurse=False):
             if b.is_meta: setattr(mod, n, torch.zeros(b.shape, dtype=b.dtype))
     model.vision.init_buffers()
+    if fuse: fuse_blocks(model)
     return model.requires_grad_(False).eval()
 
 # %% ../nbs/12_export.ipynb #b517e27c
@@ -338,17 +341,18 @@ class _GraphPacked(nn.Module):
         codes = (u8.flatten()[:lin.codes.numel()] - 1).to(torch.int8).view(lin.out_features, lin.in_features)
         u = x * lin.h
         m = u.abs().amax(-1, keepdim=True).clamp(min=1e-30)
-        acc = _int8_matmul((u * (127 / m)).round().to(torch.int8), codes.t())
+        acc = _u8s8_matmul(((u * (127 / m)).round() + 128).to(torch.uint8), codes.t())   # codes + 128: see _u8s8_matmul
         vn = torch.linalg.vector_norm(x, 2, -1, True)
         y = acc.float() * ((vn * vn / lin.in_features + lin.eps).rsqrt() * m)
         return y if lin.bias is None else y + lin.bias
 
-@torch.library.custom_op('bitgen::int8_matmul', mutates_args=())
-def _int8_matmul(a:Tensor, b:Tensor) -> Tensor:
-    "int8 [..., K] x int8 [K, N] -> int32 [..., N]: `torch._int_mm` over the leading dims (ONNX `MatMulInteger`)"
-    return torch._int_mm(a.reshape(-1, a.shape[-1]), b).view(*a.shape[:-1], b.shape[-1])
+@torch.library.custom_op('bitgen::u8s8_matmul', mutates_args=())
+def _u8s8_matmul(a:Tensor, b:Tensor) -> Tensor:
+    "(uint8 [..., K] - 128) x int8 [K, N] -> int32 [..., N]: `torch._int_mm` over the leading dims (ONNX `MatMulInteger`, a_zero_point 128)"
+    return torch._int_mm((a.to(torch.int16) - 128).to(torch.int8).reshape(-1, a.shape[-1]), b).view(*a.shape[:-1], b.shape[-1])
 
-def _int8_matmul_symbolic(g, a, b): return g.op('MatMulInteger', a, b)
+def _u8s8_matmul_symbolic(g, a, b):
+    return g.op('MatMulInteger', a, b, g.op('Constant', value_t=torch.tensor(128, dtype=torch.uint8)))
 
 def _rms_norm_symbolic(g, x, shape, weight, eps):
     "`F.rms_norm` over the last dim as opset-17 ops (RMSNormalization is opset 23): x / sqrt(mean(x^2) + eps) * weight"
@@ -359,6 +363,14 @@ def _rms_norm_symbolic(g, x, shape, weight, eps):
     ms = g.op('ReduceMean', g.op('Mul', x, x), axes_i=[-1], keepdims_i=1)
     y = g.op('Div', x, g.op('Sqrt', g.op('Add', ms, g.op('Constant', value_t=torch.tensor(e, dtype=torch.float32)))))
     return y if sh._is_none(weight) else g.op('Mul', y, weight)
+
+def _fix_positions(emb:nn.Module, size:int):
+    "DINOv2 embeddings `emb` with the position table interpolated once for `size` x `size` images, a constant of the graph"
+    p = emb.patch_embeddings.patch_size
+    n = (size // p[0]) * (size // p[1])
+    with torch.no_grad(): pos = emb.interpolate_pos_encoding(emb.position_embeddings.new_zeros(1, 1 + n, emb.position_embeddings.shape[-1]), size, size)
+    emb.register_buffer('fixed_position_embeddings', pos.detach().clone())
+    emb.interpolate_pos_encoding = lambda embeddings, height, width: emb.fixed_position_embeddings   # the graph's inputs are size x size
 
 class _ImageGraph(nn.Module):
     def __init__(self, model): super().__init__(); self.model = model
@@ -386,12 +398,35 @@ class _ITMGraph(nn.Module):
         logits = self.model.itm_head(torch.cat([enc.norm(t)[:, 0], i[:, 0]], -1))
         return logits, logits.softmax(-1)[:, 1]
 
+def _dedup_constants(m):
+    "Keep one of each set of equal constants (initializers, `Constant` nodes) of ONNX model `m`, and point every use at it"
+    from onnx import numpy_helper
+    key = lambda a: (a.dtype.str, a.shape, a.tobytes())
+    first, alias, inits = {}, {}, []
+    for t in m.graph.initializer:
+        k = key(numpy_helper.to_array(t))
+        if k in first: alias[t.name] = first[k]
+        else: first[k] = t.name; inits.append(t)
+    nodes = []
+    for n in m.graph.node:
+        if n.op_type == 'Constant' and len(n.attribute) == 1 and n.attribute[0].name == 'value':
+            k = key(numpy_helper.to_array(n.attribute[0].t))
+            if k in first: alias[n.output[0]] = first[k]; continue
+            first[k] = n.output[0]
+        nodes.append(n)
+    outputs = {o.name for o in m.graph.output}
+    if outputs & set(alias): raise ValueError(f"graph outputs {sorted(outputs & set(alias))} are constants")
+    for n in nodes: n.input[:] = [alias.get(i, i) for i in n.input]
+    del m.graph.initializer[:]; m.graph.initializer.extend(inits)
+    del m.graph.node[:]; m.graph.node.extend(nodes)
+
 def _compact(data:bytes, min_numel:int=1024) -> bytes:
-    "ONNX model `data` without the tracer's per-node source notes, each float initializer that is exactly fp16 (what the packed file holds in fp16) stored as fp16 and cast in the graph"
+    "ONNX model `data` without the tracer's per-node source notes, each constant once, each float initializer that is exactly fp16 (what the packed file holds in fp16) stored as fp16 and cast in the graph"
     import onnx
     from onnx import numpy_helper, helper, TensorProto
     m = onnx.load_from_string(data)
     for n in m.graph.node: n.doc_string = ''   # the tracer's source locations: a third of a small graph's bytes
+    _dedup_constants(m)   # every layer's copy of the same digits, epsilons, shapes and index constants
     inits, casts = [], []
     for t in m.graph.initializer:
         a = numpy_helper.to_array(t) if t.data_type == TensorProto.FLOAT else None
@@ -422,11 +457,12 @@ def export_onnx(model:BitGenModel, # A model from `load_packed` (packed ternary 
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     c, size = model.config, image_size or model.config.image_size
     g = copy.deepcopy(model).eval()
+    if g.vision.kind == 'dinov2': _fix_positions(g.vision.backbone.embeddings, size)
     for n, m in list(g.named_modules()):
         if isinstance(m, PackedBitLinear):
             parent, _, attr = n.rpartition('.')
             setattr(g.get_submodule(parent), attr, _GraphPacked(m, fmt))
-    torch.onnx.register_custom_op_symbolic('bitgen::int8_matmul', _int8_matmul_symbolic, opset)
+    torch.onnx.register_custom_op_symbolic('bitgen::u8s8_matmul', _u8s8_matmul_symbolic, opset)
     torch.onnx.register_custom_op_symbolic('aten::rms_norm', _rms_norm_symbolic, opset)
     L = min(8, c.max_position_embeddings)
     ids, mask = torch.full((2, L), c.pad_token_id or 0, dtype=torch.long), torch.ones(2, L, dtype=torch.long)
