@@ -29,6 +29,7 @@ class BitLinear(nn.Linear):
 
     def forward(self, x:Tensor) -> Tensor:
         if self.training or torch.is_grad_enabled():
+            self._frozen = None   # a training step may follow: the eval codes are rebuilt after it (see `frozen`)
             return F.linear(fake_act_quant(self.norm(x)), fake_ternary(self.weight), self.bias)
         return self.frozen()(x)   # eval without autograd: the integer kernel of the packed layer, codes cached
 
@@ -172,12 +173,16 @@ def _weights_key(self:BitLinear) -> tuple:
 
 @patch
 def frozen(self:BitLinear) -> 'PackedBitLinear':
-    "This layer's `PackedBitLinear`, computed once and reused until a weight changes or the layer is put in training mode"
+    "This layer's `PackedBitLinear`, computed once and reused until a weight changes or the layer trains"
     key = self._weights_key()
-    if self._frozen is None or self._frozen[0] != key:
-        with torch.inference_mode(False), torch.no_grad():   # ordinary tensors, usable outside inference mode too
-            self._frozen = key, PackedBitLinear.from_bitlinear(self)
-    return self._frozen[1]
+    if self._frozen is not None and self._frozen[0] == key: return self._frozen[1]
+    with torch.inference_mode(False), torch.no_grad():   # ordinary tensors, usable outside inference mode too
+        p = PackedBitLinear.from_bitlinear(self)
+    # with a gradient pending an optimizer step may come, and a fused one (`AdamW(fused=True)`) changes the weights
+    # without bumping their version counters: then the codes serve this call only
+    pending = any(t.grad is not None for t in (self.weight, self.norm.weight, self.bias) if t is not None)
+    self._frozen = None if pending else (key, p)
+    return p
 
 @patch
 def train(self:BitLinear, mode:bool=True):

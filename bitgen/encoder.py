@@ -165,8 +165,9 @@ def _fuse(self:Block, lins:list) -> tuple:
 @patch
 def _fused(self:Block):   # replaces the placeholder in `Block`
     "The fused (qkv, up) of a QAT block in eval without autograd (from its layers' cached packed forms), else None"
+    if torch.is_grad_enabled(): return None   # first: this runs on every training call too
     lins = self._shared_input_linears()
-    if torch.is_grad_enabled() or not all(type(l) is BitLinear and not l.training for l in lins): return None
+    if not all(type(l) is BitLinear and not l.training for l in lins): return None
     return self._fuse([l.frozen() for l in lins])
 
 @patch
