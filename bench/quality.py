@@ -17,7 +17,7 @@ Variants (`--variants`, comma-separated):
         --tokenizer GPT2_FOLDER --cnn-weights mobilenet_v2.pth --minutes 30 --img-size 224 --grid 4 --seeds 0 1 \\
         [--eval-ann EVAL.json --eval-images DIR] [--variants card,fp,batch_only,dinov2] [--cache-vision] [--json out.json]
 """
-import argparse, json, math, os, random, statistics, tempfile, time, warnings
+import argparse, contextlib, json, math, os, random, statistics, tempfile, time, warnings
 import numpy as np
 import torch
 
@@ -26,7 +26,7 @@ warnings.filterwarnings('ignore', category=FutureWarning)
 
 from transformers.utils import logging as hf_logging
 from bitgen.data import coco_dls, CocoCaptions
-from bitgen.model import BitGenConfig, BitGenModel
+from bitgen.model import BitGenConfig, BitGenModel, _bf16_autocast
 from bitgen.learner import stage1_learner, unwrap
 from bitgen.eval import retrieval_recall, chance_recall
 
@@ -67,7 +67,7 @@ def run(a, variant, seed, steps, eval_ds):
     epochs = max(1, round(steps * a.accum / len(dls.train)))
     with tempfile.TemporaryDirectory() as d:
         learn = stage1_learner(dls, model=model, lr=a.lr, accum=a.accum, warmup_steps=a.warmup, patience=None,
-                               retrieval=False, path=d)
+                               retrieval=False, path=d, mixed_precision=a.mixed_precision or 'auto')
         t0, c0 = time.time(), time.process_time()
         with learn.no_bar(), learn.no_logging(): learn.fit_stage1(epochs)
         train_s, train_cpu_s = time.time() - t0, time.process_time() - c0
@@ -94,9 +94,10 @@ def steps_for(a, minutes, variant):
     model = build(a, dls.tokenizer, variant, 0).train()
     if cached: model.vision.cache_features()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    amp = (lambda: _bf16_autocast('cpu')) if a.mixed_precision == 'bf16' else contextlib.nullcontext
     def step(b):
         imgs, ids, mask, iid = b
-        out = model(input_ids=ids, attention_mask=mask, images=imgs, image_ids=iid, return_loss=True)
+        with amp(): out = model(input_ids=ids, attention_mask=mask, images=imgs, image_ids=iid, return_loss=True)
         opt.zero_grad(); out.loss.backward(); opt.step(); model.post_step()
     n = min(6, len(dls.train)); w = 2 if n > 3 else 0           # timed batches, the first `w` of them warm-up
     it, batches, load, new = iter(dls.train), [], [], []
@@ -156,6 +157,8 @@ def main():
     p.add_argument('--max-length', type=int, default=32)
     p.add_argument('--num-workers', type=int, default=0)
     p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--mixed-precision', choices=['bf16'], default=None,
+                   help='train under bf16 autocast (stage1_learner(mixed_precision="bf16"); on a CPU with native bf16)')
     p.add_argument('--config', default='{}', help='JSON of BitGenConfig overrides for every variant')
     p.add_argument('--json', help='write the per-run results and the budget here')
     a = p.parse_args()

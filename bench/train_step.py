@@ -8,6 +8,8 @@ that the variants share the machine's noise, and reports the median over rounds 
 Variants (`--variants`, comma-separated; `--models card,tiny`):
 - `bitlinear`: the default model (BitLinear text side); `linear`: the same with nn.Linear (`bitnet=False`);
 - `compile`: BitLinear with `bitgen.learner.compile_towers` (torch.compile of the vision backbone and the blocks);
+- `bf16` / `linear_bf16`: BitLinear / nn.Linear under bf16 autocast on the CPU, what
+  `stage1_learner(mixed_precision='bf16')` runs (weights, gradients and optimizer state stay fp32);
 - `vision`: the ceiling, the vision backbone's own forward + backward on the same images, with the same optimizer;
 - `main`: the default model on another revision of BitGen (`--rev`, default `main`), from a `git worktree` made
   under /tmp, with the optimizer that revision's learner uses: the "faster than before" figure.
@@ -17,6 +19,7 @@ batch 2 x bs) and reports pairs/s of both. On CUDA (`--device cuda`) steps run u
 
     python bench/train_step.py --models card --variants bitlinear,linear,vision,main --rounds 7 --threads 1
     python bench/train_step.py --models tiny --variants bitlinear,linear,compile
+    python bench/train_step.py --models card --variants bitlinear,bf16,linear_bf16,main --rev b5f46b8
     python bench/train_step.py --ddp --models tiny
 """
 import argparse, json, os, resource, statistics, subprocess, sys, tempfile, time
@@ -30,7 +33,7 @@ def build(model_name, variant, bs, device):
     import torch
     from bitgen.model import BitGenConfig, BitGenModel, tiny_config
     import bitgen.learner as L
-    bitnet = variant != 'linear'
+    bitnet = variant not in ('linear', 'linear_bf16')
     if model_name == 'card': model, img, vocab = BitGenModel(BitGenConfig(bitnet=bitnet)), 224, 50257
     else: model, img, vocab = BitGenModel(tiny_config(bitnet=bitnet)), 56, 64
     if variant == 'compile': L.compile_towers(model)
@@ -44,10 +47,10 @@ def build(model_name, variant, bs, device):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, vocab, (bs, 16), generator=g).to(device)
     imgs = torch.rand(bs, 3, img, img, generator=g).to(device)
-    amp = torch.autocast('cuda', dtype=torch.bfloat16) if device == 'cuda' else torch.autocast('cpu', enabled=False)
     n = [0]
     def step():
-        with amp:
+        bf16 = device == 'cuda' or variant.endswith('bf16')
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             if variant == 'vision': loss = model.vision.features(imgs).float().square().mean()
             else: loss = model(input_ids=ids, images=imgs, image_ids=torch.arange(bs, device=device) + n[0] * bs,
                                return_loss=True).loss
@@ -167,6 +170,8 @@ def main():
     p.add_argument('--worker', action='store_true'); p.add_argument('--model'); p.add_argument('--variant')
     a = p.parse_args()
     if a.worker: return worker(a)
+    bad = set(a.variants.split(',')) - {'bitlinear', 'linear', 'compile', 'vision', 'main', 'bf16', 'linear_bf16'}
+    if bad: p.error(f"unknown variants {sorted(bad)}")
     for model in a.models.split(','):
         if a.ddp: ddp_compare(model, a)
         else: compare(model, a)

@@ -7,9 +7,9 @@ Docs: https://bitgen-ai.github.io/bitgen/learner.html.md"""
 # %% auto #0
 __all__ = ['Stage1Adapter', 'stage1_loss', 'unwrap', 'LossTerm', 'RetrievalRecall', 'stage1_metrics', 'stage1_splitter',
            'stage1_opt', 'NoDecayCallback', 'PostStepCallback', 'NonFiniteLossCallback', 'disk_errors',
-           'atomic_save_dir', 'CheckpointCallback', 'GlobalBatchDL', 'shard_dls', 'SyncCheckCallback', 'compile_towers',
-           'BitGenLearner', 'stage1_learner', 'stage1_schedule', 'stage1_distrib_kwargs', 'demo_config',
-           'EpochLineCallback', 'bitgen_train']
+           'atomic_save_dir', 'CheckpointCallback', 'GlobalBatchDL', 'shard_dls', 'SyncCheckCallback',
+           'BitGenMixedPrecision', 'compile_towers', 'BitGenLearner', 'stage1_learner', 'stage1_schedule',
+           'stage1_distrib_kwargs', 'demo_config', 'EpochLineCallback', 'bitgen_train']
 
 # %% ../nbs/11_learner.ipynb #14f6d8b3
 import contextlib, json, math, os, random, shutil, warnings
@@ -28,12 +28,12 @@ with warnings.catch_warnings():   # fastai's import calls `torch.jit.script`, de
     from fastai.callback.core import Callback, CancelBatchException, CancelFitException
     from fastai.callback.schedule import ParamScheduler, SchedLin, SchedCos, combine_scheds
     from fastai.callback.training import GradientAccumulation, GradientClip
-    from fastai.callback.fp16 import MixedPrecision
+    from fastai.callback.fp16 import MixedPrecision, AMPMode
     from fastai.callback.tracker import TrackerCallback, EarlyStoppingCallback
     import fastai.callback.hook  # `Learner.summary`
     from fastai.torch_core import find_bs
 from fastcore.basics import patch
-from .model import BitGenConfig, BitGenModel
+from .model import BitGenConfig, BitGenModel, _bf16_autocast
 from .data import shapes_dls, coco_dls
 from .eval import retrieval_recall
 
@@ -464,6 +464,27 @@ class SyncCheckCallback(Callback):
             if len(bad): raise RuntimeError(f"rank {r} differs from rank 0 in {named[int(bad[0])][0]} after optimizer step "
                                             f"{int(model.loss_fn.step)} (and in {len(bad) - 1} more tensors)")
 
+# %% ../nbs/11_learner.ipynb #54c79d48
+class _Bf16Autocast:
+    "A reusable bf16 `torch.autocast` for `device_type` (fastai enters and leaves one object every batch)"
+    def __init__(self, device_type:str): self.device_type = device_type
+    def __enter__(self): self._cm = _bf16_autocast(self.device_type); return self._cm.__enter__()
+    def __exit__(self, *exc): return self._cm.__exit__(*exc)
+
+class BitGenMixedPrecision(MixedPrecision):
+    "fastai's `MixedPrecision` on the model's device: fastai's own on CUDA; bf16 autocast without loss scaling on a CPU"
+    def __init__(self, amp_mode:str|AMPMode=AMPMode.BF16, **kwargs):
+        try: amp_mode = AMPMode(amp_mode)
+        except ValueError: raise ValueError(f"mixed precision must be 'bf16' or 'fp16', got {amp_mode!r}") from None
+        super().__init__(amp_mode, **kwargs)
+    def before_fit(self):
+        dev = next(self.learn.model.parameters()).device
+        if dev.type == 'cuda': return super().before_fit()
+        if self.amp_mode != AMPMode.BF16:
+            raise ValueError(f"mixed precision {self.amp_mode.value!r} needs CUDA; on {dev.type} use 'bf16' or None")
+        self.autocast, self.learn.scaler, self.scales = _Bf16Autocast(dev.type), torch.amp.GradScaler(dev.type, enabled=False), []
+
+
 # %% ../nbs/11_learner.ipynb #f7a8b9c0
 def compile_towers(model:BitGenModel) -> BitGenModel:
     "Compile (in place, `nn.Module.compile`) the vision backbone, the text encoder blocks and the fusion's image blocks"
@@ -511,7 +532,7 @@ def stage1_learner(dls, # fastai DataLoaders from `coco_dls` / `shapes_dls` (bat
                    final_lr_frac:float=0.1, # Cosine decay ends at this fraction of lr
                    max_warmup_frac:float=0.1, # The warmup never takes more than this fraction of a run's optimizer steps
                    patience:int|None=5, # Early stopping patience in epochs (None: off)
-                   mixed_precision:str|None='auto', # 'auto' (bf16/fp16 on CUDA, off on CPU), 'bf16', 'fp16' or None
+                   mixed_precision:str|None='auto', # 'auto' (bf16/fp16 on CUDA, off on CPU), 'bf16' (CUDA or CPU), 'fp16' (CUDA) or None
                    retrieval:bool=True, # Record retrieval recall on the validation split every epoch
                    path='.', model_dir='models', # Checkpoints go to path/model_dir/{latest,best}
                    resume=None, # A checkpoint folder to resume from
@@ -550,9 +571,7 @@ def stage1_learner(dls, # fastai DataLoaders from `coco_dls` / `shapes_dls` (bat
     if patience is not None: cbs.append(EarlyStoppingCallback(monitor='valid_loss', patience=patience))
     if mixed_precision == 'auto':
         mixed_precision = ('bf16' if torch.cuda.is_bf16_supported() else 'fp16') if torch.cuda.is_available() else None
-    if mixed_precision is not None:
-        if not torch.cuda.is_available(): raise ValueError(f"mixed_precision={mixed_precision!r} needs CUDA (fastai AMP)")
-        cbs.append(MixedPrecision(mixed_precision))
+    if mixed_precision is not None: cbs.append(BitGenMixedPrecision(mixed_precision))
     if compile: compile_towers(model)
     learn = BitGenLearner(shard_dls(dls), Stage1Adapter(model), loss_func=stage1_loss, opt_func=stage1_opt, splitter=stage1_splitter,
                     lr=lr, wd=wd, metrics=stage1_metrics(retrieval), cbs=cbs, path=path, model_dir=model_dir)
@@ -682,9 +701,10 @@ def _image_input(learn, item) -> torch.Tensor:
     return item[None]
 
 def _autocast(learn, device):
-    "The learner's mixed precision (`MixedPrecision`'s autocast, on CUDA), so that `predict` computes as `get_preds` does"
+    "The learner's mixed precision (`MixedPrecision`'s autocast), so that `predict` computes as `get_preds` does"
     mp = [cb for cb in learn.cbs if isinstance(cb, MixedPrecision)]
-    if not mp or device.type != 'cuda': return contextlib.nullcontext()
+    if not mp: return contextlib.nullcontext()
+    if device.type != 'cuda': return _bf16_autocast(device.type) if mp[0].amp_mode == AMPMode.BF16 else contextlib.nullcontext()
     return torch.autocast('cuda', dtype=torch.bfloat16 if mp[0].amp_mode == AMPMode.BF16 else torch.float16)
 
 @patch
@@ -828,6 +848,7 @@ def bitgen_train(
     device:str=None, # Device to train on (default: cuda if available, else cpu; multi-process runs: each process's own)
     momentum_dtype:str='auto', # The momentum towers' forward: auto (bfloat16 where native), bfloat16 or float32
     compile:bool=False, # torch.compile the vision backbone and the text/fusion blocks
+    mixed_precision:str='auto', # auto (bf16/fp16 on CUDA, fp32 on a CPU), bf16 (CUDA or a CPU), fp16 (CUDA) or no
     check_sync:bool=False, # Multi-process runs: check after every optimizer step that all ranks hold the same state
     seed:int=0, # Random seed
     n_train:int=DEMO_SPLIT['n_train'], # Demo: training images
@@ -839,6 +860,8 @@ def bitgen_train(
         raise ValueError("give --demo, or all of --train-ann --train-images --valid-ann --valid-images")
     if cache_vision and not freeze_vision:
         raise ValueError("--cache-vision needs --freeze-vision: a backbone that trains changes its features at every step")
+    if mixed_precision not in ('auto', 'bf16', 'fp16', 'no'):
+        raise ValueError(f"--mixed-precision must be auto, bf16, fp16 or no, got {mixed_precision!r}")
     d = dict(epochs=8, bs=32, img_size=64, accum=1, lr=2e-3, warmup=20) if demo else \
         dict(epochs=30, bs=128, img_size=224, accum=2, lr=2e-4, warmup=1000)
     epochs, bs, img_size, accum, lr, warmup = (pick(v, d[k]) for k, v in
@@ -877,7 +900,7 @@ def bitgen_train(
         if vision_weights: model.load_vision_weights(vision_weights)
     learn = stage1_learner(dls, model=model, lr=lr, wd=wd, accum=accum, clip=clip, warmup_steps=warmup,
                            patience=patience, path=out, resume=resume, push_to_hub=push_to_hub, compile=compile,
-                           check_sync=check_sync)
+                           mixed_precision=None if mixed_precision == 'no' else mixed_precision, check_sync=check_sync)
     if cache_vision: unwrap(learn.model).vision.cache_features()   # after a resume too: the weights it caches are loaded
     main = rank_distrib() == 0   # rank 0 writes the plots and metrics and reports
     if not sys.stdout.isatty():   # a log file or a pipe: one line per epoch, not every frame of the progress bars

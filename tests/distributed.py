@@ -134,18 +134,20 @@ def tiny_learner(out, bs, seed=0, n_train=32, **kw):
 
 
 def resume_worker(rank, world, out_dir, bs=4):
-    "On every rank: a 2-epoch fit, and the same fit stopped after epoch 1 then resumed; rank 0 saves both final weights"
-    from fastai.callback.core import Callback, CancelFitException
-    from bitgen.learner import unwrap
-    class StopAfterEpoch(Callback):
-        order = 100   # after the checkpoint of the epoch
+    """On every rank: a 2-epoch fit whose checkpoint after epoch 1 is kept aside, then a new learner resumed from that
+    checkpoint and fitted to epoch 2; rank 0 saves both final weights. The kept checkpoint is the one a run stopped after
+    epoch 1 leaves (checkpoints are written at the end of every epoch), so one fit serves as the uninterrupted run."""
+    import shutil
+    from fastai.callback.core import Callback
+    from bitgen.learner import unwrap, CheckpointCallback
+    class KeepFirst(Callback):
+        order = CheckpointCallback.order + 1   # after the epoch's checkpoint is written
         def after_epoch(self):
-            if self.epoch == 0: raise CancelFitException()
+            if self.epoch == 0 and rank == 0: shutil.copytree(f"{out_dir}/full/models/latest", f"{out_dir}/part/models/latest")
+            if self.epoch == 0 and world > 1: torch.distributed.barrier()
     fit = lambda learn, **kw: learn.fit_stage1(2, **kw)
     full = tiny_learner(f"{out_dir}/full", bs, n_train=16)
-    with full.no_bar(), full.no_logging(): fit(full)
-    part = tiny_learner(f"{out_dir}/part", bs, n_train=16)
-    with part.no_bar(), part.no_logging(): fit(part, cbs=[StopAfterEpoch()])
+    with full.no_bar(), full.no_logging(): fit(full, cbs=[KeepFirst()])
     resumed = tiny_learner(f"{out_dir}/part", bs, n_train=16, resume=f"{out_dir}/part/models/latest")
     with resumed.no_bar(), resumed.no_logging(): fit(resumed)
     if rank == 0:
