@@ -83,7 +83,7 @@ def train_parser() -> argparse.ArgumentParser:
         ('--momentum-dtype', str, "the momentum towers' forward: auto (bfloat16 where native), bfloat16 or float32"),
         ('--compile', bool, "torch.compile the vision backbone and the text/fusion blocks"),
         ('--mixed-precision', str, "auto (bf16 or fp16 on CUDA, fp32 on a CPU), bf16 (CUDA, or a CPU with native bf16: "
-                                   "about 1.5x faster steps there), fp16 (CUDA) or no"),
+                                   "faster steps with a trained vision tower), fp16 (CUDA) or no"),
         ('--check-sync', bool, "multi-process runs: check after every optimizer step that all ranks hold the same state"),
         ('--seed', int, "random seed (default: 0)"),
         ('--n-train', int, "--demo: training images (default: 1024)"),

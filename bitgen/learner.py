@@ -464,7 +464,7 @@ class SyncCheckCallback(Callback):
             if len(bad): raise RuntimeError(f"rank {r} differs from rank 0 in {named[int(bad[0])][0]} after optimizer step "
                                             f"{int(model.loss_fn.step)} (and in {len(bad) - 1} more tensors)")
 
-# %% ../nbs/11_learner.ipynb #54c79d48
+# %% ../nbs/11_learner.ipynb #bc94d20a
 class _Bf16Autocast:
     "A reusable bf16 `torch.autocast` for `device_type` (fastai enters and leaves one object every batch)"
     def __init__(self, device_type:str): self.device_type = device_type
