@@ -481,7 +481,7 @@ class BitGenMixedPrecision(MixedPrecision):
         dev = next(self.learn.model.parameters()).device
         if dev.type == 'cuda': return super().before_fit()
         if self.amp_mode != AMPMode.BF16:
-            raise ValueError(f"mixed precision {self.amp_mode.value!r} needs CUDA; on {dev.type} use 'bf16' or None")
+            raise ValueError(f"mixed_precision={self.amp_mode.value!r} needs CUDA (a {dev.type} autocast has no fp16 loss scaling): use 'bf16' or None")
         self.autocast, self.learn.scaler, self.scales = _Bf16Autocast(dev.type), torch.amp.GradScaler(dev.type, enabled=False), []
 
 
@@ -571,7 +571,11 @@ def stage1_learner(dls, # fastai DataLoaders from `coco_dls` / `shapes_dls` (bat
     if patience is not None: cbs.append(EarlyStoppingCallback(monitor='valid_loss', patience=patience))
     if mixed_precision == 'auto':
         mixed_precision = ('bf16' if torch.cuda.is_bf16_supported() else 'fp16') if torch.cuda.is_available() else None
-    if mixed_precision is not None: cbs.append(BitGenMixedPrecision(mixed_precision))
+    if mixed_precision is not None:
+        dev = torch.device(getattr(dls, 'device', None) or 'cpu')
+        if mixed_precision == 'fp16' and dev.type != 'cuda':   # before any training: BitGenMixedPrecision checks again at fit
+            raise ValueError(f"mixed_precision='fp16' needs CUDA (a {dev.type} autocast has no fp16 loss scaling): use 'bf16' or None")
+        cbs.append(BitGenMixedPrecision(mixed_precision))
     if compile: compile_towers(model)
     learn = BitGenLearner(shard_dls(dls), Stage1Adapter(model), loss_func=stage1_loss, opt_func=stage1_opt, splitter=stage1_splitter,
                     lr=lr, wd=wd, metrics=stage1_metrics(retrieval), cbs=cbs, path=path, model_dir=model_dir)
