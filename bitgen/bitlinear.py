@@ -15,6 +15,9 @@ from torch import Tensor
 from fastcore.basics import patch
 from .quant import fake_act_quant, fake_ternary, act_quant, ternary_quant, pack_ternary, unpack_ternary, packed_numel
 
+_TINY = torch.tensor(1e-30)   # added to a quantiser's step: an all-zero token divides by it, not by zero (a 0-dim CPU tensor: any device)
+
+
 # %% ../nbs/01_bitlinear.ipynb #48a120b9
 class BitLinear(nn.Linear):
     "BitNet b1.58 linear layer: `linear(act_quant(RMSNorm(x)), ternary(W)) + b` on latent weights, with STE gradients"
@@ -107,11 +110,11 @@ def linear(self:PackedBitLinear, x:Tensor, # Activations (..., in_features)
           ) -> Tensor: # (..., out_features), in the dtype of `x`
     "The layer's output on `x` with the codes `codes`"
     u = x * self.h                                                     # (..., in): gain and gamma/127 folded in
-    s = u.abs().amax(-1, keepdim=True).clamp_(min=1e-30).mul_(1 / 127)   # (..., 1): the step m / 127 (all-zero token: 0)
+    s = torch.add(_TINY, u.abs().amax(-1, keepdim=True), alpha=1 / 127)   # (..., 1): the step m / 127 (+1e-30: all-zero token -> 0)
     q = u.div_(s).round_().reshape(-1, self.in_features)              # int8 codes in [-127, 127] (as floats)
     if codes.dtype == torch.int8 and q.is_cpu: acc = torch._int_mm(q.to(torch.int8), codes.t())  # exact int32
     else: acc = q @ codes.t().to(q.dtype)                             # exact in fp32 for in_features <= 1040
-    vn = torch.linalg.vector_norm(x.float(), 2, -1, True)            # r^2 = |x|^2 / n + eps
+    vn = torch.linalg.vector_norm(x if x.dtype == torch.float32 else x.float(), 2, -1, True)   # r^2 = |x|^2 / n + eps
     f = torch.addcmul(self.eps_t, vn, vn, value=1 / (127**2 * self.in_features)).rsqrt_().mul_(s)   # (127 / r) (m / 127)
     acc = acc.view(*x.shape[:-1], self.out_features)
     y = torch.mul(acc, f) if self.bias is None else torch.addcmul(self.bias, acc, f)   # the one rescale (+ b): one op
@@ -236,9 +239,10 @@ class FusedBitLinears:
 def stacked(self:FusedBitLinears, x:Tensor, # The shared input (..., in_features): the norm's input if a norm was folded
            ) -> Tensor: # (..., n, out_features): layer i's output at [..., i, :]
     "The layers' outputs on `x` (behind the folded norm), side by side"
-    lead, x2 = x.shape[:-1], x.reshape(-1, self.in_features).float()          # (T, in)
+    lead, x2 = x.shape[:-1], x.reshape(-1, self.in_features)                  # (T, in)
+    if x2.dtype != torch.float32: x2 = x2.float()
     u = x2 * self.G                                                            # (T, in) shared, else (n, T, in)
-    s = u.abs().amax(-1, keepdim=True).clamp_(min=1e-30).mul_(1 / 127)         # the quantiser's step M / 127, per token
+    s = torch.add(_TINY, u.abs().amax(-1, keepdim=True), alpha=1 / 127)       # the quantiser's step M / 127, per token
     q = u.div_(s).round_()                                                     # int8 codes in [-127, 127] (as floats)
     cpu = q.is_cpu and (self.codes_t if self.shared else self.codes_t[0]).dtype == torch.int8
     if self.shared: acc = (torch._int_mm(q.to(torch.int8), self.codes_t) if cpu else q @ self.codes_t.to(q.dtype)).view(-1, self.n, self.out_features)
