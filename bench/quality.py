@@ -94,10 +94,10 @@ def steps_for(a, minutes, variant):
     model = build(a, dls.tokenizer, variant, 0).train()
     if cached: model.vision.cache_features()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    amp = (lambda: _bf16_autocast('cpu')) if a.mixed_precision == 'bf16' else contextlib.nullcontext
+    amp = _bf16_autocast(next(model.parameters()).device.type) if a.mixed_precision == 'bf16' else contextlib.nullcontext()
     def step(b):
         imgs, ids, mask, iid = b
-        with amp(): out = model(input_ids=ids, attention_mask=mask, images=imgs, image_ids=iid, return_loss=True)
+        with amp: out = model(input_ids=ids, attention_mask=mask, images=imgs, image_ids=iid, return_loss=True)
         opt.zero_grad(); out.loss.backward(); opt.step(); model.post_step()
     n = min(6, len(dls.train)); w = 2 if n > 3 else 0           # timed batches, the first `w` of them warm-up
     it, batches, load, new = iter(dls.train), [], [], []

@@ -32,7 +32,7 @@ class BitLinear(nn.Linear):
 
     def forward(self, x:Tensor) -> Tensor:
         if self.training or torch.is_grad_enabled():
-            self._frozen = None   # a training step may follow: the eval codes are rebuilt after it (see `frozen`)
+            if self._frozen is not None: self._frozen = None   # a training step may follow: eval rebuilds the codes (see `frozen`)
             return F.linear(fake_act_quant(self.norm(x)), fake_ternary(self.weight), self.bias)
         return self.frozen()(x)   # eval without autograd: the integer kernel of the packed layer, codes cached
 
@@ -114,7 +114,7 @@ def linear(self:PackedBitLinear, x:Tensor, # Activations (..., in_features)
     q = u.div_(s).round_().reshape(-1, self.in_features)              # int8 codes in [-127, 127] (as floats)
     if codes.dtype == torch.int8 and q.is_cpu: acc = torch._int_mm(q.to(torch.int8), codes.t())  # exact int32
     else: acc = q @ codes.t().to(q.dtype)                             # exact in fp32 for in_features <= 1040
-    vn = torch.linalg.vector_norm(x if x.dtype == torch.float32 else x.float(), 2, -1, True)   # r^2 = |x|^2 / n + eps
+    vn = torch.linalg.vector_norm(x.float(), 2, -1, True)            # r^2 = |x|^2 / n + eps
     f = torch.addcmul(self.eps_t, vn, vn, value=1 / (127**2 * self.in_features)).rsqrt_().mul_(s)   # (127 / r) (m / 127)
     acc = acc.view(*x.shape[:-1], self.out_features)
     y = torch.mul(acc, f) if self.bias is None else torch.addcmul(self.bias, acc, f)   # the one rescale (+ b): one op
@@ -239,8 +239,7 @@ class FusedBitLinears:
 def stacked(self:FusedBitLinears, x:Tensor, # The shared input (..., in_features): the norm's input if a norm was folded
            ) -> Tensor: # (..., n, out_features): layer i's output at [..., i, :]
     "The layers' outputs on `x` (behind the folded norm), side by side"
-    lead, x2 = x.shape[:-1], x.reshape(-1, self.in_features)                  # (T, in)
-    if x2.dtype != torch.float32: x2 = x2.float()
+    lead, x2 = x.shape[:-1], x.reshape(-1, self.in_features).float()          # (T, in)
     u = x2 * self.G                                                            # (T, in) shared, else (n, T, in)
     s = torch.add(_TINY, u.abs().amax(-1, keepdim=True), alpha=1 / 127)       # the quantiser's step M / 127, per token
     q = u.div_(s).round_()                                                     # int8 codes in [-127, 127] (as floats)

@@ -465,24 +465,14 @@ class SyncCheckCallback(Callback):
                                             f"{int(model.loss_fn.step)} (and in {len(bad) - 1} more tensors)")
 
 # %% ../nbs/11_learner.ipynb #bc94d20a
-class _Bf16Autocast:
-    "A reusable bf16 `torch.autocast` for `device_type` (fastai enters and leaves one object every batch)"
-    def __init__(self, device_type:str): self.device_type = device_type
-    def __enter__(self): self._cm = _bf16_autocast(self.device_type); return self._cm.__enter__()
-    def __exit__(self, *exc): return self._cm.__exit__(*exc)
-
 class BitGenMixedPrecision(MixedPrecision):
     "fastai's `MixedPrecision` on the model's device: fastai's own on CUDA; bf16 autocast without loss scaling on a CPU"
-    def __init__(self, amp_mode:str|AMPMode=AMPMode.BF16, **kwargs):
-        try: amp_mode = AMPMode(amp_mode)
-        except ValueError: raise ValueError(f"mixed precision must be 'bf16' or 'fp16', got {amp_mode!r}") from None
-        super().__init__(amp_mode, **kwargs)
     def before_fit(self):
         dev = next(self.learn.model.parameters()).device
         if dev.type == 'cuda': return super().before_fit()
         if self.amp_mode != AMPMode.BF16:
             raise ValueError(f"mixed_precision={self.amp_mode.value!r} needs CUDA (a {dev.type} autocast has no fp16 loss scaling): use 'bf16' or None")
-        self.autocast, self.learn.scaler, self.scales = _Bf16Autocast(dev.type), torch.amp.GradScaler(dev.type, enabled=False), []
+        self.autocast, self.learn.scaler, self.scales = _bf16_autocast(dev.type), torch.amp.GradScaler(dev.type, enabled=False), []
 
 
 # %% ../nbs/11_learner.ipynb #f7a8b9c0
@@ -650,7 +640,6 @@ def demo_config(vocab_size:int, **kwargs) -> BitGenConfig:
 
 # %% ../nbs/11_learner.ipynb #f2d4b6a8
 from PIL import Image
-from fastai.callback.fp16 import AMPMode
 from .data import CaptionsDataset
 from .eval import evaluating, show_retrieval
 

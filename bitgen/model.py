@@ -355,12 +355,16 @@ def momentum_autocast(dtype:str, device):
     if dtype == 'bfloat16' or (dtype == 'auto' and native_bf16(device)): return _bf16_autocast(device.type)
     return contextlib.nullcontext()
 
-@contextmanager
-def _bf16_autocast(device_type:str):
-    "bf16 autocast, without torch's note that `rms_norm` of bf16 inputs and fp32 weights skips its fused kernel (expected here)"
-    with warnings.catch_warnings():
+class _bf16_autocast:
+    "bf16 autocast, without torch's note that `rms_norm` of bf16 inputs and fp32 weights skips its fused kernel (expected here); reusable, as fastai's `MixedPrecision` enters one object every batch"
+    def __init__(self, device_type:str): self.device_type = device_type
+    def __enter__(self):
+        self._w = warnings.catch_warnings(); self._w.__enter__()
         warnings.filterwarnings('ignore', message='Mismatch dtype between input and weight', category=UserWarning)
-        with torch.autocast(device_type, dtype=torch.bfloat16): yield
+        self._a = torch.autocast(self.device_type, dtype=torch.bfloat16); return self._a.__enter__()
+    def __exit__(self, *exc):
+        try: return self._a.__exit__(*exc)
+        finally: self._w.__exit__(*exc)
 
 @patch
 def queue_rows(self:BitGenModel) -> Tensor|None:
