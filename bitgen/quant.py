@@ -15,7 +15,7 @@ from torch import Tensor
 # %% ../nbs/00_quant.ipynb #1cc8d9e1
 def _absmean(w:Tensor, eps:float=1e-5) -> Tensor:
     "The BitNet b1.58 weight scale: mean |w|, clamped at `eps`, as a 0-dim tensor"
-    return w.abs().mean().clamp(min=eps)
+    return w.abs().mean().clamp_(min=eps)
 
 def ternary_quant(w:Tensor, # Weight tensor of any shape
                   eps:float=1e-5, # Lower clamp of the scale
@@ -28,7 +28,7 @@ def ternary_quant(w:Tensor, # Weight tensor of any shape
 # %% ../nbs/00_quant.ipynb #3bd22a47
 def _absmax_scale(x:Tensor, eps:float=1e-5) -> Tensor:
     "Per-token int8 scale 127 / max|x| over the last dim, with the max clamped at `eps`"
-    return 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp(min=eps)
+    return x.abs().amax(dim=-1, keepdim=True).clamp_(min=eps).reciprocal_().mul_(127.0)   # = 127 / max, bit for bit
 
 def act_quant(x:Tensor, # Activations (..., features)
               eps:float=1e-5, # Lower clamp of max|x|
