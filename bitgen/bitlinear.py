@@ -165,8 +165,9 @@ def forward(self:PackedBitLinear, x:Tensor) -> Tensor: return self.linear(x, sel
 @patch
 def linear(self:PackedBitLinear, x:Tensor, # Activations (..., in_features)
            codes:Tensor, # The ternary codes [out, in] (the layer's own `codes`, or the same computed another way)
-          ) -> Tensor: # (..., out_features), in the dtype of `x`
-    "The layer's output on `x` with the codes `codes`"
+           residual:Tensor|None=None, # Added to the output in the rescale's own op (a block's residual stream)
+          ) -> Tensor: # (..., out_features), in the dtype of `x` (promoted with `residual`'s)
+    "The layer's output on `x` with the codes `codes` (plus `residual`)"
     u = x * self.h                                                     # (..., in): gain and gamma/127 folded in
     s = torch.add(_TINY, u.abs().amax(-1, keepdim=True), alpha=1 / 127)   # (..., 1): the step m / 127 (+1e-30: all-zero token -> 0)
     q = u.div_(s).round_().reshape(-1, self.in_features)              # int8 codes in [-127, 127] (as floats)
@@ -175,8 +176,9 @@ def linear(self:PackedBitLinear, x:Tensor, # Activations (..., in_features)
     vn = torch.linalg.vector_norm(x.float(), 2, -1, True)            # r^2 = |x|^2 / n + eps
     f = torch.addcmul(self.eps_t, vn, vn, value=1 / (127**2 * self.in_features)).rsqrt_().mul_(s)   # (127 / r) (m / 127)
     acc = acc.view(*x.shape[:-1], self.out_features)
-    y = torch.mul(acc, f) if self.bias is None else torch.addcmul(self.bias, acc, f)   # the one rescale (+ b): one op
-    return y if y.dtype == x.dtype else y.to(x.dtype)
+    if residual is None: y, dt = torch.mul(acc, f) if self.bias is None else torch.addcmul(self.bias, acc, f), x.dtype   # the one rescale (+ b): one op
+    else: y, dt = torch.addcmul(residual if self.bias is None else residual + self.bias, acc, f), torch.promote_types(x.dtype, residual.dtype)
+    return y if y.dtype == dt else y.to(dt)
 
 @patch
 def _save_to_state_dict(self:PackedBitLinear, destination, prefix, keep_vars):

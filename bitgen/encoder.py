@@ -75,13 +75,18 @@ class Attention(nn.Module):
     def attend_heads(self, q:Tensor, k:Tensor, v:Tensor, # Queries [bs, nh, sq, hd], keys and values [bs, nh, sk, hd]
                      mask:Tensor|None=None, causal:bool=False) -> Tensor: # [bs, sq, D]
         "`attend` on queries, keys and values already split into heads"
+        return self.o_proj(self.sub_norm(self.mix_heads(q, k, v, mask, causal)))
+
+    def mix_heads(self, q:Tensor, k:Tensor, v:Tensor, # Queries [bs, nh, sq, hd], keys and values [bs, nh, sk, hd]
+                  mask:Tensor|None=None, causal:bool=False) -> Tensor: # [bs, sq, D]
+        "The heads' masked attention outputs, concatenated: the input of SubLN and `o_proj`"
         bs, sq, sk = q.shape[0], q.shape[2], k.shape[2]
         m = _attn_mask(mask, bs, sq, sk, causal)
         if m is None or mask is None: o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         else:
             live = m.any(-1, keepdim=True)                              # (bs, 1, sq, 1): query has a key to attend to
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=m | ~live).masked_fill(~live, 0.)
-        return self.o_proj(self.sub_norm(o.transpose(1, 2).flatten(2)))  # (bs, sq, D)
+        return o.transpose(1, 2).flatten(2)                               # (bs, sq, D)
 
 # %% ../nbs/02_encoder.ipynb #5f0053d8
 class FeedForward(nn.Module):
@@ -175,9 +180,16 @@ def _forward_fused(self:Block, x:Tensor, mask, cross, qkv:FusedBitLinears, up:Fu
     "`forward` with q/k/v and the FFN up projection computed by `qkv` and `up` (their norms folded in)"
     attn, ffn = self._modules['attn'], self._modules['ffn']
     q, k, v = qkv.stacked(x).unflatten(-1, (attn.num_heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)   # (bs, nh, s, hd) each
-    x = x + attn.attend_heads(q, k, v, mask, causal=attn.causal)
+    x = _project_add(attn.o_proj, attn.sub_norm, attn.mix_heads(q, k, v, mask, causal=attn.causal), x)
     if cross is not None: x = cross(x)
-    return x + ffn.down_proj(ffn.sub_norm(ffn.act(up.stacked(x)[..., 0, :])))
+    return _project_add(ffn.down_proj, ffn.sub_norm, ffn.act(up.stacked(x)[..., 0, :]), x)
+
+def _project_add(lin:nn.Module, sub_norm:nn.Module, h:Tensor, residual:Tensor) -> Tensor:
+    "`residual + lin(sub_norm(h))`: a packed layer (or a QAT one's cached packed form) without hooks rescales and adds in one op"
+    if type(sub_norm) is nn.Identity and not (lin._forward_hooks or lin._forward_pre_hooks):
+        p = lin if type(lin) is PackedBitLinear else lin.frozen() if type(lin) is BitLinear and not lin.training else None
+        if p is not None: return p.linear(h, p.codes, residual=residual)
+    return residual + lin(sub_norm(h))
 
 class PackedBlock(Block):
     "A `Block` of `PackedBitLinear`s whose q/k/v (behind `norm1`) and FFN up projection (behind `norm2`) run fused"
