@@ -92,7 +92,8 @@ class BitLinear(nn.Linear):
         if self.training or torch.is_grad_enabled():
             if self._frozen is not None: self._frozen = None   # a training step may follow: eval rebuilds the codes (see `frozen`)
             return qat_linear(x, self.norm, self.weight, self.bias)   # straight-through QAT, one autograd node
-        return self.frozen()(x)   # eval without autograd: the integer kernel of the packed layer, codes cached
+        p = self.frozen()   # eval without autograd: the integer kernel of the packed layer, codes cached
+        return p.linear(x, p.codes)
 
 
 # %% ../nbs/01_bitlinear.ipynb #34826cd9
@@ -231,8 +232,9 @@ def max_rel_err(a:Tensor, b:Tensor) -> float:
 @patch
 def _weights_key(self:BitLinear) -> tuple:
     "Identity and version of every tensor the frozen form is computed from: any in-place update or reassignment changes it"
-    ps = (self.weight, self.norm.weight) + ((self.bias,) if self.bias is not None else ())
-    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in ps)
+    w, b, g = self._parameters['weight'], self._parameters['bias'], self._modules['norm']._parameters['weight']
+    return (w.data_ptr(), w._version, w.dtype, w.device, g.data_ptr(), g._version, g.dtype, g.device,   # written out:
+            *((b.data_ptr(), b._version, b.dtype, b.device) if b is not None else ()))      # it runs on every eval call
 
 @patch
 def frozen(self:BitLinear) -> 'PackedBitLinear':
