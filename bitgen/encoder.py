@@ -184,9 +184,14 @@ def _forward_fused(self:Block, x:Tensor, mask, cross, qkv:FusedBitLinears, up:Fu
     if cross is not None: x = cross(x)
     return _project_add(ffn.down_proj, ffn.sub_norm, ffn.act(up.stacked(x)[..., 0, :]), x)
 
+def _global_hooks() -> bool:
+    "Whether a global module hook is registered (`nn.modules.module.register_module_forward_hook` and its pre-hook twin)"
+    from torch.nn.modules import module as m
+    return bool(m._global_forward_hooks or m._global_forward_pre_hooks)
+
 def _project_add(lin:nn.Module, sub_norm:nn.Module, h:Tensor, residual:Tensor) -> Tensor:
     "`residual + lin(sub_norm(h))`: a packed layer (or a QAT one's cached packed form) without hooks rescales and adds in one op"
-    if type(sub_norm) is nn.Identity and not (lin._forward_hooks or lin._forward_pre_hooks):
+    if type(sub_norm) is nn.Identity and not (lin._forward_hooks or lin._forward_pre_hooks or _global_hooks()):
         p = lin if type(lin) is PackedBitLinear else lin.frozen() if type(lin) is BitLinear and not lin.training else None
         if p is not None: return p.linear(h, p.codes, residual=residual)
     return residual + lin(sub_norm(h))
