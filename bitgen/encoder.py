@@ -172,8 +172,15 @@ def _fused(self:Block):   # replaces the placeholder in `Block`
     "The fused (qkv, up) of a QAT block in eval without autograd (from its layers' cached packed forms), else None"
     if torch.is_grad_enabled(): return None   # first: this runs on every training call too
     lins = self._shared_input_linears()
-    if not all(type(l) is BitLinear and not l.training for l in lins): return None
+    if not all(type(l) is BitLinear and not l.training for l in lins) or self._hooked(lins): return None
     return self._fuse([l.frozen() for l in lins])
+
+@patch
+def _hooked(self:Block, lins:list) -> bool:
+    "Whether a forward hook watches a module the fused path folds away (q/k/v, up and their norms) or a global hook is set"
+    for m in (*lins, self._modules['norm1'], self._modules['norm2']):   # a loop, not any(...): this runs on every call
+        if m._forward_hooks or m._forward_pre_hooks: return True
+    return _global_hooks()
 
 @patch
 def _forward_fused(self:Block, x:Tensor, mask, cross, qkv:FusedBitLinears, up:FusedBitLinears) -> Tensor:
@@ -184,9 +191,8 @@ def _forward_fused(self:Block, x:Tensor, mask, cross, qkv:FusedBitLinears, up:Fu
     if cross is not None: x = cross(x)
     return _project_add(ffn.down_proj, ffn.sub_norm, ffn.act(up.stacked(x)[..., 0, :]), x)
 
-def _global_hooks() -> bool:
+def _global_hooks(m=torch.nn.modules.module) -> bool:
     "Whether a global module hook is registered (`nn.modules.module.register_module_forward_hook` and its pre-hook twin)"
-    from torch.nn.modules import module as m
     return bool(m._global_forward_hooks or m._global_forward_pre_hooks)
 
 def _project_add(lin:nn.Module, sub_norm:nn.Module, h:Tensor, residual:Tensor) -> Tensor:
@@ -204,7 +210,7 @@ class PackedBlock(Block):
 
     def _fused(self):
         lins = self._shared_input_linears()
-        return self._fuse(lins) if all(isinstance(l, PackedBitLinear) for l in lins) else None
+        return self._fuse(lins) if all(isinstance(l, PackedBitLinear) for l in lins) and not self._hooked(lins) else None
 
 def fuse_blocks(module:nn.Module, # A model or any module holding `Block`s (in place)
                ) -> nn.Module: # The same `module`
