@@ -197,7 +197,8 @@ def _global_hooks(m=torch.nn.modules.module) -> bool:
 
 def _project_add(lin:nn.Module, sub_norm:nn.Module, h:Tensor, residual:Tensor) -> Tensor:
     "`residual + lin(sub_norm(h))`: a packed layer (or a QAT one's cached packed form) without hooks rescales and adds in one op"
-    if type(sub_norm) is nn.Identity and not (lin._forward_hooks or lin._forward_pre_hooks or _global_hooks()):
+    # global hooks need no check here: with one set, `_fused` already sent the block down the plain path
+    if type(sub_norm) is nn.Identity and not (lin._forward_hooks or lin._forward_pre_hooks):
         p = lin if type(lin) is PackedBitLinear else lin.frozen() if type(lin) is BitLinear and not lin.training else None
         if p is not None: return p.linear(h, p.codes, residual=residual)
     return residual + lin(sub_norm(h))
