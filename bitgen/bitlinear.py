@@ -18,6 +18,16 @@ from .quant import fake_act_quant, fake_ternary, _act_dq, _ternary_dq, act_quant
 
 _TINY = torch.tensor(1e-30)   # added to a quantiser's step: an all-zero token divides by it, not by zero (a 0-dim CPU tensor: any device)
 
+def _fp32(f, *args:Tensor) -> Tensor:
+    "`f(*args)` with autocast off: the integer-valued products and the norms of the packed layers stay float32 under bf16 autocast"
+    dt = args[0].device.type
+    if not torch.is_autocast_enabled(dt): return f(*args)
+    with torch.autocast(dt, enabled=False): return f(*args)
+
+def _exact_mm(q:Tensor, w:Tensor) -> Tensor:
+    "`q @ w` for integer-valued float32 `q` and ternary `w`: exact in float32 (bf16 would round the sums)"
+    return _fp32(torch.matmul, q, w.to(q.dtype))
+
 
 # %% ../nbs/01_bitlinear.ipynb #746fe7f9
 def _qat_linear_ops(x:Tensor, norm:nn.RMSNorm, weight:Tensor, bias:Tensor|None=None) -> Tensor:
@@ -173,7 +183,7 @@ def linear(self:PackedBitLinear, x:Tensor, # Activations (..., in_features)
     s = torch.add(_TINY, u.abs().amax(-1, keepdim=True), alpha=1 / 127)   # (..., 1): the step m / 127 (+1e-30: all-zero token -> 0)
     q = u.div_(s).round_().reshape(-1, self.in_features)              # int8 codes in [-127, 127] (as floats)
     if codes.dtype == torch.int8 and q.is_cpu: acc = torch._int_mm(q.to(torch.int8), codes.t())  # exact int32
-    else: acc = q @ codes.t().to(q.dtype)                             # exact in fp32 for in_features <= 1040
+    else: acc = _exact_mm(q, codes.t())                               # exact in fp32 for in_features <= 1040
     vn = torch.linalg.vector_norm(x.float(), 2, -1, True)            # r^2 = |x|^2 / n + eps
     f = torch.addcmul(self.eps_t, vn, vn, value=1 / (127**2 * self.in_features)).rsqrt_().mul_(s)   # (127 / r) (m / 127)
     acc = acc.view(*x.shape[:-1], self.out_features)
@@ -306,13 +316,13 @@ def stacked(self:FusedBitLinears, x:Tensor, # The shared input (..., in_features
     s = torch.add(_TINY, u.abs().amax(-1, keepdim=True), alpha=1 / 127)       # the quantiser's step M / 127, per token
     q = u.div_(s).round_()                                                     # int8 codes in [-127, 127] (as floats)
     cpu = q.is_cpu and (self.codes_t if self.shared else self.codes_t[0]).dtype == torch.int8
-    if self.shared: acc = (torch._int_mm(q.to(torch.int8), self.codes_t) if cpu else q @ self.codes_t.to(q.dtype)).view(-1, self.n, self.out_features)
+    if self.shared: acc = (torch._int_mm(q.to(torch.int8), self.codes_t) if cpu else _exact_mm(q, self.codes_t)).view(-1, self.n, self.out_features)
     elif cpu:
         q, acc = q.to(torch.int8), torch.empty(self.n, x2.shape[0], self.out_features, dtype=torch.int32, device=x.device)
         for i, w in enumerate(self.codes_t): torch._int_mm(q[i], w, out=acc[i])
         acc = acc.transpose(0, 1)                                              # (T, n, out)
-    else: acc = torch.stack([q[i] @ w.to(q.dtype) for i, w in enumerate(self.codes_t)], 1)
-    f = torch.addmm(self.e, x2 * x2, self.Q).rsqrt_()                          # (T, n): 1 / (127 c_i r_i)
+    else: acc = torch.stack([_exact_mm(q[i], w) for i, w in enumerate(self.codes_t)], 1)
+    f = _fp32(torch.addmm, self.e, x2 * x2, self.Q).rsqrt_()                   # (T, n): 1 / (127 c_i r_i), float32 under autocast too
     f = f.mul_(s)[..., None] if self.shared else f[..., None].mul_(s.transpose(0, 1))   # (T, n, 1): M_i / r_i
     y = torch.mul(acc, f) if self.bias is None else torch.addcmul(self.bias, acc, f)   # (T, n, out)
     y = y.view(*lead, self.n, self.out_features)
