@@ -75,6 +75,7 @@ def train_parser() -> argparse.ArgumentParser:
                                "step (e.g. 4 at 224 px: 16 tokens instead of a MobileNetV2's 49)"),
         ('--queue-size', int, "override the contrastive queue size (0: batch-only contrast)"),
         ('--temperature', float, "override the initial contrastive temperature"),
+        ('--distill-alpha', float, "override the momentum distillation weight, in [0, 1] (default: 0.4)"),
         ('--resume', str, "resume from a checkpoint folder, e.g. OUT/models/latest"),
         ('--push-to-hub', str, "Hub repo id to push the latest checkpoint to after each epoch"),
         ('--num-workers', int, "DataLoader worker processes (default: 0)"),

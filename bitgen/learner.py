@@ -736,15 +736,16 @@ from .eval import DEMO_SPLIT
 
 _RUN_FILES = ('models/latest', 'models/best', 'models/latest.old', 'models/best.old', 'metrics.json', 'losses.json', 'loss.png', 'metrics.png')
 
-def _check_args(ints1=(), ints0=(), pos=(), nonneg=()):
-    "Refuse `bitgen-train` values: `ints1` ints >= 1, `ints0` ints >= 0, `pos` numbers > 0, `nonneg` numbers >= 0 ({name: value})"
-    rules = [(ints1, True, 1, 'an int >= 1'), (ints0, True, 0, 'an int >= 0'), (pos, False, None, 'a number > 0'),
-             (nonneg, False, 0, 'a number >= 0')]
-    for args, integer, lo, what in rules:
+def _check_args(ints1=(), ints0=(), pos=(), nonneg=(), unit=()):
+    "Refuse `bitgen-train` values: `ints1` ints >= 1, `ints0` ints >= 0, `pos` numbers > 0, `nonneg` numbers >= 0, `unit` numbers in [0, 1] ({name: value})"
+    inf = float('inf')
+    rules = [(ints1, True, 1, inf, 'an int >= 1'), (ints0, True, 0, inf, 'an int >= 0'), (pos, False, None, inf, 'a number > 0'),
+             (nonneg, False, 0, inf, 'a number >= 0'), (unit, False, 0, 1, 'a number in [0, 1]')]
+    for args, integer, lo, hi, what in rules:
         for k, v in dict(args).items():
             if v is None: continue
             ok = not isinstance(v, bool) and isinstance(v, int if integer else (int, float))
-            ok = ok and math.isfinite(v) and (v > 0 if lo is None else v >= lo)
+            ok = ok and math.isfinite(v) and (v > 0 if lo is None else v >= lo) and v <= hi
             if not ok: raise ValueError(f"--{k.replace('_', '-')} must be {what}, got {v!r}")
 
 def _prepare_out(out:Path, resume, overwrite:bool):
@@ -835,6 +836,7 @@ def bitgen_train(
     vision_grid:int=None, # Average-pool the backbone's patch tokens to a grid x grid map (fewer image tokens; default: one a patch)
     queue_size:int=None, # Override the contrastive queue size (0: batch-only contrast)
     temperature:float=None, # Override the initial contrastive temperature
+    distill_alpha:float=None, # Override the momentum distillation weight, in [0, 1] (default: 0.4)
     resume:str=None, # Resume from a checkpoint folder (e.g. OUT/models/latest)
     push_to_hub:str=None, # Hub repo id to push the latest checkpoint to after each epoch
     num_workers:int=0, # DataLoader workers
@@ -862,7 +864,7 @@ def bitgen_train(
     _check_args(ints1=dict(epochs=epochs, bs=bs, img_size=img_size, accum=accum, patience=patience, max_length=max_length,
                            n_train=n_train, n_valid=n_valid, vision_grid=vision_grid),
                 ints0=dict(warmup=warmup, queue_size=queue_size, num_workers=num_workers, seed=seed),
-                pos=dict(lr=lr, clip=clip, temperature=temperature), nonneg=dict(wd=wd))
+                pos=dict(lr=lr, clip=clip, temperature=temperature), nonneg=dict(wd=wd), unit=dict(distill_alpha=distill_alpha))
     out = Path(out)
     _prepare_out(out, resume, overwrite)   # before any data is read: a used or unwritable --out fails in seconds
     torch.manual_seed(seed); random.seed(seed); np.random.seed(seed)
@@ -878,6 +880,7 @@ def bitgen_train(
     if not demo: kw['max_position_embeddings'] = max_length
     if queue_size is not None: kw['queue_size'] = queue_size
     if temperature is not None: kw['temperature'] = temperature
+    if distill_alpha is not None: kw['distill_alpha'] = distill_alpha
     if vision_grid is not None: kw['vision_grid'] = vision_grid
     if vision_backbone == 'dinov2' and vision_weights:   # the backbone's shape comes with its pretrained weights
         from transformers import Dinov2Config
