@@ -865,6 +865,12 @@ def bitgen_train(
                            n_train=n_train, n_valid=n_valid, vision_grid=vision_grid),
                 ints0=dict(warmup=warmup, queue_size=queue_size, num_workers=num_workers, seed=seed),
                 pos=dict(lr=lr, clip=clip, temperature=temperature), nonneg=dict(wd=wd), unit=dict(distill_alpha=distill_alpha))
+    if resume is not None:   # the model comes from the checkpoint: a flag that would change its config is refused, not ignored
+        saved = BitGenConfig.from_pretrained(find_checkpoint(resume))
+        given = dict(queue_size=queue_size, temperature=temperature, distill_alpha=distill_alpha, vision_grid=vision_grid)
+        bad = [f"--{k.replace('_', '-')} {v!r} (the checkpoint's config has {getattr(saved, k)!r})"
+               for k, v in given.items() if v is not None and v != getattr(saved, k)]
+        if bad: raise ValueError(f"--resume {resume} continues the checkpoint's model, so these would not apply: {', '.join(bad)}")
     out = Path(out)
     _prepare_out(out, resume, overwrite)   # before any data is read: a used or unwritable --out fails in seconds
     torch.manual_seed(seed); random.seed(seed); np.random.seed(seed)
