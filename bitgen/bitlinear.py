@@ -288,16 +288,18 @@ class FusedBitLinears:
         self.n, self.in_features, self.out_features = n, d, layers[0].out_features
         g0 = norm.weight.detach().float() if norm is not None and norm.weight is not None else torch.ones(d, device=dev)
         G = torch.stack([g0 * l.h for l in layers])                             # (n, in): each layer's folded gain
-        c = (G @ G[0]) / (G[0] @ G[0]).clamp(min=1e-30)                          # least-squares G_i = c_i G_1
+        c = (G * G[0]).sum(1) / G[0].square().sum().clamp(min=1e-30)             # least-squares G_i = c_i G_1 (no matmul: no TF32)
         self.shared = bool((c > 0).all() and ((G - c[:, None] * G[0]).abs().amax() <= 1e-6 * G.abs().amax()))
         if self.shared: self.G, self.codes_t = G[0], torch.cat([l.codes for l in layers]).t()   # (in,), (in, n*out)
         else: self.G, self.codes_t, c = G[:, None, :], [l.codes.t() for l in layers], torch.ones(n, device=dev)  # (n, 1, in)
-        # arg_i = (mean(z^2) + eps_i (mean(x^2) + eps0)) / (127 c_i)^2 = x^2 @ Q[:, i] + e_i (without a norm: z = x, eps0 -> 1)
+        # arg_i = (mean(z^2) + eps_i (mean(x^2) + eps0)) / (127 c_i)^2 = mean(z^2) k_i + mean(x^2) eps_i k_i + e_i
+        # (without a norm: z = x and the middle term goes, eps0 -> 1)
         eps = torch.tensor([l.eps for l in layers], device=dev)
         eps0 = (norm.eps if norm.eps is not None else torch.finfo(torch.float32).eps) if norm is not None else None
-        k = 1 / (127 * c) ** 2                                                   # (n,)
-        self.Q = ((g0 * g0)[:, None] + (eps[None] if norm is not None else 0)) * (k / d)   # (in, n)
-        self.e = eps * (eps0 if norm is not None else 1.) * k                   # (n,)
+        self.k = 1 / (127 * c) ** 2                                              # (n,)
+        self.g2 = g0 * g0 / d if norm is not None else None                      # (in,): mean(z^2) = sum(x^2 g0^2 / n)
+        self.ke = eps * self.k if norm is not None else None                     # (n,)
+        self.e = eps * (eps0 if norm is not None else 1.) * self.k              # (n,)
         self.bias = (torch.stack([l.bias if l.bias is not None else torch.zeros_like(l.h[:self.out_features]) for l in layers])
                      if any(l.bias is not None for l in layers) else None)      # (n, out)
 
@@ -321,8 +323,11 @@ def stacked(self:FusedBitLinears, x:Tensor, # The shared input (..., in_features
         for i, w in enumerate(self.codes_t): torch._int_mm(q[i], w, out=acc[i])
         acc = acc.transpose(0, 1)                                              # (T, n, out)
     else: acc = torch.stack([_exact_mm(q[i], w) for i, w in enumerate(self.codes_t)], 1)
-    dt = 'cpu' if x2.is_cpu else x2.device.type                               # (`is_cpu`: no device object on the hot path)
-    f = _fp32(dt, torch.addmm, self.e, x2 * x2, self.Q).rsqrt_()               # (T, n): 1 / (127 c_i r_i), float32 under autocast too
+    # the means as reductions, not as a matrix product: exact float32 whatever TF32 / matmul-precision setting is on
+    sq = x2 * x2
+    b = sq.mean(-1, keepdim=True)                                              # (T, 1): mean(x^2)
+    f = torch.addcmul(self.e, b if self.g2 is None else (sq * self.g2).sum(-1, keepdim=True), self.k)   # (T, n)
+    f = (f if self.ke is None else f.addcmul_(b, self.ke)).rsqrt_()            # 1 / (127 c_i r_i)
     f = f.mul_(s)[..., None] if self.shared else f[..., None].mul_(s.transpose(0, 1))   # (T, n, 1): M_i / r_i
     y = torch.mul(acc, f) if self.bias is None else torch.addcmul(self.bias, acc, f)   # (T, n, out)
     y = y.view(*lead, self.n, self.out_features)

@@ -27,12 +27,14 @@ def ternary_quant(w:Tensor, # Weight tensor of any shape
 
 # %% ../nbs/00_quant.ipynb #3bd22a47
 def _absmax_scale(x:Tensor, eps:float=1e-5) -> Tensor:
-    "Per-token int8 scale 127 / max|x| over the last dim, with the max clamped at `eps`"
-    return x.abs().amax(dim=-1, keepdim=True).clamp_(min=eps).reciprocal_().mul_(127.0)   # = 127 / max, bit for bit
+    "Per-token int8 scale 127 / max|x| over the last dim, with the max clamped at `eps`, in float32 (or float64)"
+    m = x.abs().amax(dim=-1, keepdim=True)
+    if m.dtype not in (torch.float32, torch.float64): m = m.float()   # fp16: 127 / 1e-5 overflows to inf (and 0 * inf = NaN)
+    return m.clamp_(min=eps).reciprocal_().mul_(127.0)                # = 127 / max, bit for bit
 
 def act_quant(x:Tensor, # Activations (..., features)
               eps:float=1e-5, # Lower clamp of max|x|
-             ) -> tuple[Tensor, Tensor]: # (int8 codes shaped like `x`, scale of shape x.shape[:-1]+(1,))
+             ) -> tuple[Tensor, Tensor]: # (int8 codes shaped like `x`, float32 scale of shape x.shape[:-1]+(1,))
     "Quantise `x` per token to int8: codes = clamp(round(x*s), -128, 127), s = 127/max|x|; `codes / s` approximates `x`"
     s = _absmax_scale(x.detach(), eps)
     codes = (x.detach() * s).round().clamp(-128, 127).to(torch.int8)
@@ -45,7 +47,8 @@ def _ternary_dq(w:Tensor, eps:float=1e-5) -> Tensor:
 
 def _act_dq(x:Tensor, eps:float=1e-5) -> Tensor:
     s = _absmax_scale(x, eps)
-    return (x * s).round_().clamp_(-128, 127).div_(s)
+    y = (x * s).round_().clamp_(-128, 127).div_(s)                     # in float32 for half inputs: see `_absmax_scale`
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 class _STE(torch.autograd.Function):
     "Forward `q(x)`, backward identity (straight-through)"
