@@ -9,7 +9,7 @@ Docs: https://bitgen-ai.github.io/bitgen/vision.html.md"""
 __all__ = ['dinov2_small_config', 'cnn_backbones', 'VisionTower', 'FeatureCache']
 
 # %% ../nbs/04_vision.ipynb #bfa32e11
-import hashlib, os, warnings
+import functools, hashlib, math, os, warnings
 from collections import OrderedDict
 import torch
 import torch.nn as nn
@@ -19,6 +19,7 @@ from fastcore.basics import patch
 from torchvision import models as tvm
 from transformers import Dinov2Config, Dinov2Model
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from .encoder import check_values
 
 # %% ../nbs/04_vision.ipynb #7e59f634
 def dinov2_small_config(**kwargs) -> Dinov2Config:
@@ -30,19 +31,23 @@ def dinov2_small_config(**kwargs) -> Dinov2Config:
 
 # %% ../nbs/04_vision.ipynb #3df0156f
 def _check_images(x:Tensor, patch:tuple, what:str='one patch'):
-    "Raise a `ValueError` unless `x` is a non-empty float [B,3,H,W] batch in [0,1] of at least one `patch` (ph, pw)"
+    "Raise a `ValueError` unless `x` is a non-empty [B,3,H,W] batch, float in [0,1] or uint8, of at least one `patch` (ph, pw)"
     if not isinstance(x, Tensor): raise ValueError(f"images must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4: raise ValueError(f"images must have shape [B, 3, H, W], got shape {tuple(x.shape)}")
     if x.shape[1] != 3: raise ValueError(f"images must have 3 (RGB) channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-    if not x.is_floating_point():
-        raise ValueError(f"images must be floats in [0, 1] (use ToTensor()), got dtype {x.dtype}")
+    if not (x.is_floating_point() or x.dtype == torch.uint8):
+        raise ValueError(f"images must be floats in [0, 1] (ToTensor() output) or uint8 in [0, 255], got dtype {x.dtype}")
     if x.shape[0] == 0: raise ValueError(f"images is an empty batch (shape {tuple(x.shape)})")
     if x.shape[2] < patch[0] or x.shape[3] < patch[1]:
         raise ValueError(f"images of size {tuple(x.shape[2:])} are smaller than {what} {tuple(patch)}")
-    lo, hi = (v.item() for v in torch.aminmax(x.detach()))
-    if not (lo >= -0.01 and hi <= 1.01):   # also catches NaN
-        raise ValueError(f"images must be in [0, 1] (ToTensor() output; the model normalises them itself), "
-                         f"got values in [{lo:.3g}, {hi:.3g}]")
+    if x.dtype == torch.uint8: return   # every value is a pixel
+    lo, hi = torch.aminmax(x.detach())
+    check_values((lo >= -0.01) & (hi <= 1.01), what='image values outside [0, 1]', msg=lambda:   # also catches NaN
+                 f"images must be in [0, 1] (ToTensor() output; the model normalises them itself), got values in [{lo.item():.3g}, {hi.item():.3g}]")
+
+def _unit_pixels(x:Tensor, dtype=torch.float32) -> Tensor:
+    "Images as floats in [0, 1]: uint8 scaled by 1/255, floats as they are"
+    return x if x.is_floating_point() else x.to(dtype).div_(255)
 
 # %% ../nbs/04_vision.ipynb #c1c511d7
 _CNN_FAMILIES = ('mobilenet_v2', 'mobilenet_v3', 'efficientnet', 'convnext', 'resnet', 'resnext', 'wide_resnet', 'regnet')
@@ -189,15 +194,16 @@ class VisionTower(nn.Module):
         if self.freeze: self.backbone.eval()
         return self
 
-    def features(self, images:Tensor, # Float [B, 3, H, W] in [0, 1], as `ToTensor()` gives (not normalised)
+    def features(self, images:Tensor, # [B, 3, H, W]: floats in [0, 1] as `ToTensor()` gives, or uint8 (not normalised)
+                 image_ids:Tensor|None=None, # [B] ids of the images: the `feature_cache` keys (else their bytes, on the CPU)
                 ) -> Tensor: # [B, 1+P, backbone_dim], CLS (a CNN: the pooled map) first
         "Backbone tokens of `images` before the projection (reused from `feature_cache` where it holds them)"
         _check_images(images, self.patch_size, 'one patch' if self.kind == 'dinov2' else "the CNN's output stride")
         if self.feature_cache is None: return self._backbone_tokens(images)
-        return self.feature_cache(images, self._backbone_tokens, self._weights_version())
+        return self.feature_cache(images, self._backbone_tokens, self._weights_version(), image_ids)
 
     def _backbone_tokens(self, images:Tensor) -> Tensor:
-        x = (images - self.mean) / self.std
+        x = (_unit_pixels(images, self.mean.dtype) - self.mean) / self.std
         if self.kind == 'dinov2':
             h = self.backbone(pixel_values=x).last_hidden_state
             if self.grid is None: return h
@@ -209,19 +215,33 @@ class VisionTower(nn.Module):
         cls = fmap.mean((2, 3))[:, None]                                                  # the global pool of the whole map
         return torch.cat([cls, _pool_cells(fmap, self.grid)], 1)
 
-    def forward(self, images:Tensor, # Float [B, 3, H, W] in [0, 1], as `ToTensor()` gives (not normalised)
+    def forward(self, images:Tensor, # [B, 3, H, W]: floats in [0, 1] as `ToTensor()` gives, or uint8 (not normalised)
                ) -> Tensor: # [B, 1+P, hidden_size], CLS first
         "Projected backbone tokens (CLS + patches) of `images`"
         return self.proj(self.features(images))
 
 # %% ../nbs/04_vision.ipynb #0bd19631
+def _to_device(x:Tensor, device) -> Tensor:
+    "`x` (on the CPU) on `device`; to CUDA through pinned memory, without blocking the host"
+    device = torch.device(device)
+    if device.type != 'cuda': return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint_weights(n:int, device) -> Tensor:
+    "[n, 2] fixed random weights (seeded, the same on every device) of `FeatureCache.fingerprints`"
+    return torch.rand(n, 2, generator=torch.Generator().manual_seed(0)).to(device)
+
 class FeatureCache:
-    "A frozen backbone's tokens of each distinct image, keyed by the image's bytes; bounded by `max_mb`, never pickled"
-    def __init__(self, max_mb:float=2048, # Most memory the stored tokens may take, in MiB (when full: computed, not stored)
+    "A frozen backbone's tokens of each distinct image in host memory, keyed by image id and pixel fingerprint (or by the bytes); bounded by `max_mb`, never pickled"
+    def __init__(self, max_mb:float=2048, # Most host memory the stored tokens may take, in MiB (when full: computed, not stored)
+                 dtype:torch.dtype=torch.float16, # Storage dtype; outputs are float32 rounded through it, hits and misses alike
                 ):
         if isinstance(max_mb, bool) or not isinstance(max_mb, (int, float)) or not max_mb > 0:
             raise ValueError(f"max_mb must be a positive number of MiB, got {max_mb!r}")
-        self.max_bytes = int(max_mb * 2**20)
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        self.max_bytes, self.dtype = int(max_mb * 2**20), dtype
         self.clear()
 
     def clear(self):
@@ -229,20 +249,26 @@ class FeatureCache:
         self.store, self.nbytes, self.hits, self.misses, self.version, self._warned = {}, 0, 0, 0, None, False
 
     def __len__(self): return len(self.store)
-    def __getstate__(self): return dict(max_bytes=self.max_bytes)   # pickles and deep copies start empty
-    def __setstate__(self, d): self.max_bytes = d['max_bytes']; self.clear()
+    def __getstate__(self): return dict(max_bytes=self.max_bytes, dtype=self.dtype)   # pickles and deep copies start empty
+    def __setstate__(self, d): self.max_bytes, self.dtype = d['max_bytes'], d.get('dtype', torch.float16); self.clear()
     def __repr__(self):
-        return (f"FeatureCache({len(self)} images, {self.nbytes / 2**20:.1f} of {self.max_bytes / 2**20:.0f} MiB, "
-                f"hits {self.hits}, misses {self.misses})")
+        return (f"FeatureCache({len(self)} images, {self.nbytes / 2**20:.1f} of {self.max_bytes / 2**20:.0f} MiB "
+                f"{str(self.dtype).split('.')[-1]}, hits {self.hits}, misses {self.misses})")
 
     @staticmethod
     def key(image:Tensor, tag=()) -> bytes:
-        "Digest of one image's bytes and `tag`: equal exactly when both are (up to BLAKE2b-128 collisions)"
+        "Digest of one image's bytes (on the CPU) and `tag`: equal exactly when both are (up to BLAKE2b-128 collisions)"
         h = hashlib.blake2b(repr(tag).encode(), digest_size=16)
         h.update(image.contiguous().reshape(-1).view(torch.uint8).numpy().data)
         return h.digest()
 
-    def _put(self, k:bytes, row:Tensor):
+    @staticmethod
+    def fingerprints(images:Tensor) -> Tensor: # [B, 2] int64
+        "Two fixed random projections of each image's pixels (computed where the images are): another image under the same id gets another key"
+        fp = images.flatten(1).float() @ _fingerprint_weights(images[0].numel(), images.device)   # [B, 2]
+        return fp.view(torch.int32).long()
+
+    def _put(self, k, row:Tensor):
         n = row.numel() * row.element_size()
         if self.nbytes + n > self.max_bytes:
             if not self._warned:
@@ -251,24 +277,34 @@ class FeatureCache:
                               f"(so far {self.hits} hits, {self.misses} misses)")
                 self._warned = True
             return
-        self.store[k] = row.detach().clone()
+        self.store[k] = row.clone()   # its own storage, not a view of the batch
         self.nbytes += n
 
     def __call__(self, images:Tensor, # [B, ...] inputs
                  compute, # Function of a batch of inputs that returns their [B, ...] outputs
                  version=None, # What the output depends on besides the inputs (the weights): a new value empties the cache
-                ) -> Tensor: # `compute(images)`, from the store where it holds a row
+                 image_ids:Tensor|None=None, # [B] ids of the inputs (keys with their fingerprints); None: keyed by the bytes
+                ) -> Tensor: # `compute(images)` as float32, through the store
         if images.requires_grad: return compute(images)   # a gradient w.r.t. the pixels is wanted: nothing to reuse
         if version != self.version: self.clear(); self.version = version
         tag = (str(images.dtype), tuple(images.shape[1:]), torch.is_autocast_enabled(images.device.type))
-        keys = [self.key(x, tag) for x in images.detach().cpu()]
-        new = {}                                    # key -> index of its first row, for images not stored yet
+        if image_ids is not None:
+            if tuple(image_ids.shape) != images.shape[:1]:
+                raise ValueError(f"image_ids must have shape [{images.shape[0]}], got {list(image_ids.shape)}")
+            rows = torch.cat([image_ids.view(-1, 1).long(), self.fingerprints(images)], 1).tolist()   # one host read
+            keys = [(*r, tag) for r in rows]
+        elif images.is_cpu: keys = [self.key(x, tag) for x in images.detach()]
+        else: return compute(images)   # no ids off the CPU: hashing the bytes would copy every batch to the host
+        new = {}                       # key -> index of its first row, for images not stored yet
         for i, k in enumerate(keys):
             if k not in self.store and k not in new: new[k] = i
-        fresh = dict(zip(new, compute(images[list(new.values())]))) if new else {}
-        for k, row in fresh.items(): self._put(k, row)
+        fresh = {}
+        if new:
+            out = compute(images[torch.tensor(list(new.values()), device=images.device)]).detach()
+            fresh = dict(zip(new, out.to(self.dtype).cpu()))
+            for k, row in fresh.items(): self._put(k, row)
         self.hits, self.misses = self.hits + len(keys) - len(new), self.misses + len(new)
-        return torch.stack([self.store[k] if k in self.store else fresh[k] for k in keys]).to(images.device)
+        return _to_device(torch.stack([self.store[k] if k in self.store else fresh[k] for k in keys]), images.device).float()
 
 @patch
 def _weights_version(self:VisionTower) -> tuple:
@@ -277,11 +313,19 @@ def _weights_version(self:VisionTower) -> tuple:
     return tuple((t.data_ptr(), t._version) for t in ts)
 
 @patch
-def cache_features(self:VisionTower, max_mb:float=2048, # Most memory the cached tokens may take, in MiB
+def cache_features(self:VisionTower, max_mb:float=2048, # Most host memory the cached tokens may take, in MiB
+                   dtype:torch.dtype=torch.float16, # Storage dtype of the tokens (half the memory of float32)
                   ) -> FeatureCache: # The cache, now `self.feature_cache`
     "Compute the frozen backbone's tokens once per distinct image and reuse them (train without random crops)"
     if not self.freeze:
         raise ValueError("cache_features needs a frozen backbone (VisionTower(freeze=True), "
                          "BitGenConfig(freeze_vision=True)): a backbone that trains changes its features at every step")
-    self.feature_cache = FeatureCache(max_mb)
+    self.feature_cache = FeatureCache(max_mb, dtype)
     return self.feature_cache
+
+@patch
+def cache_bytes(self:VisionTower, image_size:int, # Side of the square images
+                dtype:torch.dtype=torch.float16, # Storage dtype
+               ) -> int:
+    "Bytes `feature_cache` holds for one image: (1 + patches) tokens of `backbone_dim` values"
+    return (1 + self.num_patches(image_size, image_size)) * self.backbone_dim * torch.empty((), dtype=dtype).element_size()
