@@ -19,7 +19,7 @@ from fastcore.basics import patch
 from torchvision import models as tvm
 from transformers import Dinov2Config, Dinov2Model
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from .encoder import check_values
+from .encoder import check_values, host_to
 
 # %% ../nbs/04_vision.ipynb #7e59f634
 def dinov2_small_config(**kwargs) -> Dinov2Config:
@@ -221,12 +221,6 @@ class VisionTower(nn.Module):
         return self.proj(self.features(images))
 
 # %% ../nbs/04_vision.ipynb #0bd19631
-def _to_device(x:Tensor, device) -> Tensor:
-    "`x` (on the CPU) on `device`; to CUDA through pinned memory, without blocking the host"
-    device = torch.device(device)
-    if device.type != 'cuda': return x.to(device)
-    return x.pin_memory().to(device, non_blocking=True)
-
 @functools.lru_cache(maxsize=8)
 def _fingerprint_weights(n:int, device) -> Tensor:
     "[n, 2] fixed random weights (seeded, the same on every device) of `FeatureCache.fingerprints`"
@@ -304,7 +298,7 @@ class FeatureCache:
             fresh = dict(zip(new, out.to(self.dtype).cpu()))
             for k, row in fresh.items(): self._put(k, row)
         self.hits, self.misses = self.hits + len(keys) - len(new), self.misses + len(new)
-        return _to_device(torch.stack([self.store[k] if k in self.store else fresh[k] for k in keys]), images.device).float()
+        return host_to(images.device, torch.stack([self.store[k] if k in self.store else fresh[k] for k in keys])).float()
 
 @patch
 def _weights_version(self:VisionTower) -> tuple:
