@@ -107,6 +107,7 @@ class FeatureQueue(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, step:int|None=None, # Optimizer step the rows were computed at: kept as tensor `step` (see `rows_since`)
+                width:int|None=None, # Longest caption (in tokens) among the rows, on any rank (see `max_width`)
                 **tensors:Tensor):
         "Append rows (all-gathered across ranks first); keeps the newest `size` rows"
         if self.size == 0: return
@@ -129,17 +130,23 @@ class FeatureQueue(nn.Module):
         self.ptr.copy_((self.ptr + m) % self.size)
         self.count.copy_(torch.clamp(self.count + m, max=self.size))
         self._ptr, self._len = (self._ptr + m) % self.size, min(self._len + m, self.size)
-        self._log.append((step, m))
-        while sum(r for _, r in self._log[1:]) >= self.size: self._log.pop(0)   # the oldest write is overwritten
+        self._log.append((step, m, width))
+        while sum(r for _, r, _ in self._log[1:]) >= self.size: self._log.pop(0)   # the oldest write is overwritten
 
     def rows_since(self, step:float, # Oldest optimizer step to keep
                   ) -> Tensor|None: # Indices of those rows, ascending (None: every filled row)
         "The filled rows written at optimizer steps >= `step` (computed on the host: no read of the `step` tensor)"
-        if any(s is None for s, _ in self._log): raise ValueError("rows_since needs every write to pass its step to enqueue")
-        n = min(sum(r for s, r in self._log if s >= step), self._len)
+        if any(s is None for s, _, _ in self._log): raise ValueError("rows_since needs every write to pass its step to enqueue")
+        n = min(sum(r for s, r, _ in self._log if s >= step), self._len)
         if n == self._len: return None
         dev = self.ptr.device
         return (torch.arange(self._ptr - n, self._ptr, device=dev) % self.size).sort().values
+
+    def max_width(self, step:float|None=None, # Only the writes at optimizer steps >= `step` (None: all)
+                 ) -> int|None: # None where a write gave no width
+        "The longest caption (tokens) among the rows in the ring, from the `width` each write gave (host-side)"
+        ws = [w for s, _, w in self._log if step is None or s >= step]
+        return None if any(w is None for w in ws) else max(ws, default=0)
 
     def state(self) -> dict:
         "The queue's contents, for a training checkpoint"
@@ -155,10 +162,13 @@ class FeatureQueue(nn.Module):
         self._ptr, self._len = int(state['ptr']), int(state['count'])   # one host read, at load time
         order = torch.arange(self._ptr - self._len, self._ptr) % self.size if self.size else torch.zeros(0, dtype=torch.long)
         steps = state['step'].cpu()[order].tolist() if 'step' in state else [None] * self._len
+        widths = (state['attention_mask'].cpu()[order].long().sum(1).tolist() if 'attention_mask' in state
+                  else [None] * self._len)
         self._log = []
-        for s in steps:   # run lengths of the rows in writing order: the log `enqueue` kept
-            if self._log and self._log[-1][0] == s: self._log[-1] = (s, self._log[-1][1] + 1)
-            else: self._log.append((s, 1))
+        for s, w in zip(steps, widths):   # runs of rows in writing order: the log `enqueue` kept (widths from the masks)
+            if self._log and self._log[-1][0] == s:
+                p = self._log[-1]; self._log[-1] = (s, p[1] + 1, None if w is None else max(p[2], w))
+            else: self._log.append((s, 1, w))
 
     def extra_repr(self): return f"size={self.size}, filled={len(self)}, keys={self.keys}"
 
@@ -329,6 +339,11 @@ class Stage1Loss(nn.Module):
         self.log_temp = nn.Parameter(torch.tensor(math.log(temperature)))
         self.queue = FeatureQueue(queue_size)
         self.register_buffer('step', torch.zeros((), dtype=torch.long), persistent=False)   # optimizer steps taken
+        self.optimizer_steps = 0   # the same count on the host, what the model reads (reading `step` would sync a GPU)
+
+    def count_step(self):
+        "Count one optimizer step (the buffer, saved in checkpoints, and its host copy)"
+        self.step += 1; self.optimizer_steps += 1
 
     @property
     def temp(self) -> Tensor: return self.log_temp.exp()
@@ -358,4 +373,4 @@ class Stage1Loss(nn.Module):
 
     def load_state(self, state:dict):
         "Restore what `state` saved"
-        self.queue.load_state(state['queue']); self.step.copy_(state['step'])
+        self.queue.load_state(state['queue']); self.step.copy_(state['step']); self.optimizer_steps = int(state['step'])

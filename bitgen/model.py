@@ -31,9 +31,9 @@ from .encoder import TextEncoder
 from .decoder import TextDecoder
 from .vision import VisionTower, dinov2_small_config, cnn_backbones
 from .fusion import FIBERFusion, GatedCrossAttention, fused_encode
-from .memory import GPM
+from .memory import GPM, solve_dtype
 from .losses import Stage1Loss, FeatureQueue, itc_loss, sample_hard_negatives, caption_keys, queue_caption_keys, itm_loss, itm_accuracy, recon_inputs_targets
-from .losses import world, gather_rows, all_gather_rows, all_reduce_mean
+from .losses import world, gather_rows, all_gather_rows, all_reduce_mean, rank_sizes, batch_rows
 
 # %% ../nbs/08_model.ipynb #232a594d
 class BitGenConfig(PretrainedConfig):
@@ -115,13 +115,13 @@ def tiny_config(**kwargs) -> BitGenConfig:
 class BitGenOutput(ModelOutput):
     "Outputs of `BitGenModel`; fields not computed by a call are None"
     loss: Tensor|None = None # Weighted Stage-1 loss (with `return_loss=True`)
-    losses: dict|None = None # Detached scalars: the terms itc, itm, recon, memory; and mem_rec, kl, itm_acc, itm_dropped
+    losses: dict|None = None # Detached scalars: the terms itc, itm, recon, memory; and mem_rec, kl, itm_acc, itm_rows, itm_dropped
     text_embeds: Tensor|None = None # [B, projection_dim] L2-normalised text features
     image_embeds: Tensor|None = None # [B, projection_dim] L2-normalised image features
     contrastive_features: dict|None = None # {'text_features', 'image_features'} (model-card interface)
     text_last_hidden_state: Tensor|None = None # [B, 1+L, D] unimodal text states (row 0: CLS)
     image_last_hidden_state: Tensor|None = None # [B, 1+P, D] unimodal image states (row 0: CLS)
-    itm_logits: Tensor|None = None # [3k, 2] ITM head on (positives, caption/negative image, negative caption/image) of the k rows with negatives
+    itm_logits: Tensor|None = None # [3B, 2] ITM head on (positives, caption/negative image, negative caption/image); rows without a negative weigh 0
     temperature: Tensor|None = None # The contrastive temperature in use
 
 # %% ../nbs/08_model.ipynb #df830c26
@@ -142,7 +142,7 @@ class BitGenPreTrainedModel(PreTrainedModel):
         if isinstance(module, TextEncoder): init.normal_(module.cls_token, std=std)
         elif isinstance(module, GatedCrossAttention): init.zeros_(module.gate)     # fused == unimodal at init
         elif isinstance(module, Stage1Loss): init.constant_(module.log_temp, math.log(self.config.temperature))
-        elif isinstance(module, FeatureQueue): init.zeros_(module.ptr); init.zeros_(module.count)
+        elif isinstance(module, FeatureQueue): module.reset()                    # buffers and their host mirrors
         elif isinstance(module, VisionTower): module.init_buffers()             # non-persistent ImageNet mean/std
         elif isinstance(module, GPM): module.reset_parameters()
 
@@ -323,8 +323,8 @@ def update_momentum(self:BitGenModel, m:float):
 def post_step(self:BitGenModel):
     "Call after every optimizer step: clamp the temperature, count the step, move the momentum towers at `momentum_at`"
     self.loss_fn.clamp_temperature_()
-    self.loss_fn.step += 1
-    self.update_momentum(self.momentum_at(int(self.loss_fn.step)))
+    self.loss_fn.count_step()
+    self.update_momentum(self.momentum_at(self.loss_fn.optimizer_steps))
     self._forwards_since_step = 0
 
 @patch
@@ -344,7 +344,8 @@ def momentum_features(self:BitGenModel, input_ids, attention_mask, images, backb
 def native_bf16(device) -> bool:
     "Whether `device` computes bfloat16 natively (CUDA with bf16; a CPU with AVX-512 BF16 or AMX, through oneDNN)"
     device = torch.device(device)
-    if device.type == 'cuda': return torch.cuda.is_bf16_supported()
+    if device.type == 'cuda':   # not `is_bf16_supported()` alone: it counts the emulation of pre-Ampere GPUs (slow)
+        with torch.cuda.device(device): return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type != 'cpu': return False
     try: return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError): return False
@@ -367,50 +368,60 @@ class _bf16_autocast:
         finally: self._w.__exit__(*exc)
 
 @patch
+def queue_since(self:BitGenModel) -> float|None:
+    "The oldest optimizer step whose queue rows enter the loss: the towers' EMA horizon back (None: every row)"
+    if self.momentum_model is None: return None
+    step = self.loss_fn.optimizer_steps
+    return step - 1 / (1 - self.momentum_at(step))
+
+@patch
 def queue_rows(self:BitGenModel) -> Tensor|None:
     "Indices of the queue rows young enough to enter the loss (None: all): written within the towers' EMA horizon"
-    q = self.loss_fn.queue
-    if self.momentum_model is None or not len(q): return None
-    horizon = 1 / (1 - self.momentum_at(int(self.loss_fn.step)))
-    keep = (self.loss_fn.step - q['step']) <= horizon
-    return None if bool(keep.all()) else keep.nonzero().squeeze(1)
+    since, q = self.queue_since(), self.loss_fn.queue
+    return None if since is None or not len(q) else q.rows_since(since)
 
 # %% ../nbs/08_model.ipynb #a4ff98e6
 def _pad_to(x:Tensor, L:int, value) -> Tensor: return F.pad(x, (0, L - x.shape[1]), value=value)
 
 def _pick(batch:Tensor, queue:Tensor|None, idx:Tensor) -> Tensor:
-    "Rows `idx` of [batch ; queue], without building the concatenation"
+    "Rows `idx` of [batch ; queue], without building the concatenation (and without a host read of `idx`)"
     # index_select, not batch[idx]: the backward of advanced indexing (index_put_ with accumulate) adds repeated rows
     # with unordered atomic adds on a multi-threaded CPU, so runs would not repeat; index_select's backward sums in order
     B = batch.shape[0]
-    if queue is None or bool((idx < B).all()): return batch.index_select(0, idx)
-    out, inb = batch.new_empty(idx.shape[0], *batch.shape[1:]), idx < B
-    out[inb] = batch.index_select(0, idx[inb])
-    out[~inb] = queue[idx[~inb] - B].to(batch.dtype)
-    return out
+    if queue is None: return batch.index_select(0, idx)
+    inb = (idx < B).view(-1, *[1] * (batch.ndim - 1))
+    return torch.where(inb, batch.index_select(0, idx.clamp(max=B - 1)), queue.index_select(0, (idx - B).clamp(min=0)).to(batch.dtype))
 
 @torch.no_grad()
-def _enqueue(model, txt, img, image_ids, ids_pad, mask_pad, keys=None):
+def _enqueue(model, txt, img, image_ids, ids_pad, mask_pad, keys=None, width=None):
     "Write the step's keys (and the captions' tokens, for ITM negatives) into the queue, with the step count"
-    extra = dict(step=torch.full_like(image_ids, int(model.loss_fn.step)))
-    if keys is not None: extra['caption_key'] = keys
+    extra = {} if keys is None else dict(caption_key=keys)
     if model.config.itm_queue_negatives: extra.update(input_ids=ids_pad.int(), attention_mask=mask_pad.bool())
-    model.loss_fn.queue.enqueue(text_feats=txt, image_feats=img, image_ids=image_ids, **extra)
+    model.loss_fn.queue.enqueue(model.loss_fn.optimizer_steps, width, text_feats=txt, image_feats=img, image_ids=image_ids, **extra)
 
 @patch
 def _negatives_generator(self:BitGenModel, device) -> torch.Generator:
     "The generator of this forward's hard-negative draws: seeded by the run's seed, the step and the micro-batch"
     g = torch.Generator(device=device)
-    g.manual_seed(hash((torch.initial_seed(), int(self.loss_fn.step), self._forwards_since_step, self.training)) % 2**62)
+    g.manual_seed(hash((torch.initial_seed(), self.loss_fn.optimizer_steps, self._forwards_since_step, self.training)) % 2**62)
     return g
 
 # %% ../nbs/08_model.ipynb #2f4b8e1c
-def _finite_on_every_rank(x:Tensor) -> bool:
-    "Whether `x` is all finite here and, under `torch.distributed`, on every rank (so that all ranks take the same branch)"
-    ok = torch.isfinite(x).all().to(torch.int32)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
-    return bool(ok)
+def _global_figures(total:Tensor, # This rank's weighted loss
+                    terms:dict, # Its terms and logged figures (detached scalars)
+                   ) -> tuple: # (total: the global value with this rank's gradient, the global figures)
+    "Every rank's loss and figures as global ones, in one all-reduce: means over ranks, sums for counts, ITM accuracy weighted by its rows"
+    W = world()[1]
+    if W == 1: return total, terms
+    names = list(terms)
+    v = torch.stack([total.detach().float(), *(terms[k].float() for k in names)])
+    if 'itm_acc' in terms: v[1 + names.index('itm_acc')] *= terms['itm_rows']   # correct comparisons, summed below
+    v = all_reduce_mean(v)
+    out = dict(zip(names, v[1:]))
+    for k in ('itm_dropped', 'itm_rows'):
+        if k in out: out[k] = out[k] * W
+    if 'itm_acc' in out: out['itm_acc'] = out['itm_acc'] * W / out['itm_rows'].clamp(min=1)
+    return total + (v[0].to(total.dtype) - total.detach()), out
 
 # %% ../nbs/08_model.ipynb #9e5b22e8
 @patch
@@ -423,7 +434,15 @@ def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids)
             warnings.warn("64 training forwards without `model.post_step()`: call it after every optimizer step (it moves "
                           "the momentum towers, clamps the temperature and counts steps); `stage1_learner` does it for you")
             self._warned_post_step = True
-    feats = self.vision.features(images)
+    # every rank's rows and caption width: one all-gather and one host read under DDP, nothing in a single process
+    sizes = rank_sizes(B, input_ids.shape[1], device=input_ids.device)
+    with batch_rows([r for r, _ in sizes]): return self._stage1_terms(input_ids, attention_mask, images, image_ids,
+                                                                      max(w for _, w in sizes))
+
+@patch
+def _stage1_terms(self:BitGenModel, input_ids, attention_mask, images, image_ids, Lg:int):
+    c, B = self.config, input_ids.shape[0]
+    feats = self.vision.features(images, image_ids)                                  # ids: `feature_cache` keys
     img_tokens = self.vision.proj(feats)                                            # [B, 1+P, D]
     # unimodal pass (fusion off): ITC of the global batch against [global batch keys ; recent queue rows]
     txt_h, img_h = self.encoder(input_ids, attention_mask), self._image_stream(img_tokens)
@@ -446,28 +465,26 @@ def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids)
     gen = self._negatives_generator(sim_t2i.device)
     i = sample_hard_negatives(sim_t2i[:, :Bg], ids_g, ids_g, generator=gen, row_keys=keys_g, col_keys=keys_g)[loc]
     j = sample_hard_negatives(sim_i2t, ids_g, ids_all, generator=gen, row_keys=keys_g, col_keys=keys_all)[loc]
-    keep = ((i >= 0) & (j >= 0)).nonzero().squeeze(1)       # rows with no other-image candidate sit this step out
-    i, j = i[keep], j[keep]
+    valid = (i >= 0) & (j >= 0)           # a row with no other-image candidate gets weight 0 this step (no host read)
+    i, j = i.clamp(min=0), j.clamp(min=0)   # any index for such rows: their pairs are computed and weighted 0
     if rows is not None: j = torch.where(j >= Bg, rows[(j - Bg).clamp(min=0)] + Bg, j)
-    q, L, k = self.loss_fn.queue, c.max_position_embeddings, len(keep)
+    q, L = self.loss_fn.queue, c.max_position_embeddings
     ids_pad, mask_pad = _pad_to(input_ids, L, c.pad_token_id), _pad_to(attention_mask, L, 0)   # the queue's width
     from_queue = len(ids_all) > Bg                          # queue captions only when sampled over
+    # the negative captions' width: the widest caption they can come from, known on the host (the global batch's padded
+    # width and the widths the queue's writes recorded): the fused pass runs on no more padding than that
+    n = Lg if not from_queue else min(L, max(Lg, q.max_width(self.queue_since()) or L))
     neg_img = gather_rows(img_tokens)[0].index_select(0, i)   # any rank's image (with its gradient, as ALBEF)
-    neg_ids = _pick(all_gather_rows(ids_pad), q['input_ids'] if from_queue else None, j)
-    neg_mask = _pick(all_gather_rows(mask_pad), q['attention_mask'] if from_queue else None, j)
-    n = max(int(neg_mask.sum(1).max()), 1) if k else 1                         # trim to the longest chosen caption
-    neg_ids, neg_mask = neg_ids[:, :n], neg_mask[:, :n]
-    # fused passes: every (caption, image) and the kept rows' (caption, negative image), then (negative caption, image)
-    ft, fi = fused_encode(self.encoder, self.fusion, torch.cat([input_ids, input_ids[keep]]),
-                          torch.cat([attention_mask, attention_mask[keep]]), torch.cat([img_tokens, neg_img]), fuse=True)
-    logs = dict(itm_dropped=torch.tensor(float(B - k)))
-    if k:
-        nt, ni = fused_encode(self.encoder, self.fusion, neg_ids, neg_mask, img_tokens[keep], fuse=True)
-        pairs_t, pairs_i = torch.cat([ft[keep, 0], ft[B:, 0], nt[:, 0]]), torch.cat([fi[keep, 0], fi[B:, 0], ni[:, 0]])
-        itm_logits = self.itm_head(torch.cat([pairs_t, pairs_i], -1))
-        terms = dict(itc=itc, itm=itm_loss(itm_logits, k))
-        logs['itm_acc'] = itm_accuracy(itm_logits.detach())
-    else: itm_logits, terms = ft.new_zeros(0, 2), dict(itc=itc, itm=ft.new_zeros(()))
+    neg_ids = _pick(all_gather_rows(_pad_to(input_ids, n, c.pad_token_id)), q['input_ids'][:, :n] if from_queue else None, j)
+    neg_mask = _pick(all_gather_rows(_pad_to(attention_mask, n, 0)), q['attention_mask'][:, :n] if from_queue else None, j)
+    # fused passes: every (caption, image) and (caption, negative image), then (negative caption, image)
+    ft, fi = fused_encode(self.encoder, self.fusion, torch.cat([input_ids, input_ids]), torch.cat([attention_mask, attention_mask]),
+                          torch.cat([img_tokens, neg_img]), fuse=True)
+    nt, ni = fused_encode(self.encoder, self.fusion, neg_ids, neg_mask, img_tokens, fuse=True)
+    pairs_t, pairs_i = torch.cat([ft[:, 0], nt[:, 0]]), torch.cat([fi[:, 0], ni[:, 0]])   # [3B, D]: pos, neg image, neg caption
+    itm_logits = self.itm_head(torch.cat([pairs_t, pairs_i], -1))
+    terms = dict(itc=itc, itm=itm_loss(itm_logits, B, valid.float().repeat(3)))
+    logs = dict(itm_acc=itm_accuracy(itm_logits.detach(), valid), itm_rows=valid.sum().float(), itm_dropped=(~valid).sum().float())
     # memory: the (L2-normalised) fused CLS of the global batch's positive pairs is one episode; its negative ELBO
     episode, _ = gather_rows(F.normalize(ft[:B, 0], dim=-1))
     neg_elbo, parts, z_read, _ = self.memory.neg_elbo(episode)
@@ -480,12 +497,11 @@ def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids)
         ctx_mask = torch.cat([attention_mask.new_ones(B, 1), self.encoder.extend_mask(attention_mask, input_ids.shape[1]).long(),
                               attention_mask.new_ones(B, fi.shape[1])], 1)
         terms['recon'] = self.loss_fn.recon(self.decoder(dec_in, ctx, ctx_mask, dec_mask), tgt)
-    total, terms = self.loss_fn(logs=logs, **terms)
-    if world()[1] > 1:   # every rank reports the global figures (the mean over ranks); the gradient stays this rank's own
-        total = total + (all_reduce_mean(total) - total.detach())
-        terms = {k: all_reduce_mean(v) * (world()[1] if k == 'itm_dropped' else 1) for k, v in terms.items()}
-    if self.training and _finite_on_every_rank(total):   # after the loss, and never a non-finite batch
-        _enqueue(self, txt_k.detach()[loc], img_k.detach()[loc], image_ids, ids_pad, mask_pad, keys)
+    # every rank reports the global figures (one all-reduce); the gradient stays this rank's own
+    total, terms = _global_figures(*self.loss_fn(logs=logs, **terms))
+    # the queue after the loss, and never with a non-finite batch: the global total is finite on every rank or on none
+    if self.training and bool(torch.isfinite(total.detach())):
+        _enqueue(self, txt_k.detach()[loc], img_k.detach()[loc], image_ids, ids_pad, mask_pad, keys, Lg)
     return total, terms, txt, img, txt_h, img_h, itm_logits
 
 # %% ../nbs/08_model.ipynb #8faf1095
@@ -720,7 +736,7 @@ def overfit_batch(model:BitGenModel, ids, mask, imgs, image_ids, steps:int=200, 
 @dataclass
 class EpisodicMemory:
     "One episode written into the Larimar memory: the memory matrix and the vectors written, in order"
-    memory: Tensor # [memory_slots, hidden_size] float64, the least-squares write of `keys`
+    memory: Tensor # [memory_slots, hidden_size] the least-squares write of `keys`, in `solve_dtype` (float64; float32 on MPS)
     keys: Tensor # [N, hidden_size] the written L2-normalised fused CLS vectors
 
 @dataclass
@@ -777,8 +793,8 @@ def read_memory(self:BitGenModel, episode:EpisodicMemory, # What `write_memory` 
                ) -> MemoryReadout:
     "Read queries (pairs, captions or images, possibly noisy or partial) from an episode: read-outs and recalled pairs"
     q = self.memory_keys(input_ids, images, attention_mask)
-    M = self.memory.M0.detach().double() if prior else episode.memory
+    M = self.memory.M0.detach().to(solve_dtype(q.device)) if prior else episode.memory
     w = self.memory.addresses(q, M)
-    z = (w.double() @ M).to(q.dtype)
+    z = (w.to(M.dtype) @ M).to(q.dtype)
     sim = F.normalize(z, dim=-1) @ episode.keys.T
     return MemoryReadout(z_read=z, addresses=w, similarity=sim, nearest=sim.argmax(1))
