@@ -9,10 +9,11 @@ Docs: https://bitgen-ai.github.io/bitgen/data.html.md"""
 __all__ = ['SHAPE_COLORS', 'SHAPE_KINDS', 'SHAPE_SIZES', 'IMAGE_ERRORS', 'PROCESSING_SHIM', 'load_tokenizer', 'shapes_tokenizer',
            'BadImageError', 'read_rgb', 'clean_caption', 'CaptionsDataset', 'CocoCaptions', 'skip_summary',
            'collate_captions', 'BitGenImageProcessor', 'BitGenProcessor', 'bitgen_processor', 'show_captions',
-           'CaptionDL', 'caption_dls', 'coco_dls', 'retrieval_dls', 'ShapesCaptions', 'shapes_dls']
+           'default_workers', 'batches_to_device', 'CaptionDL', 'caption_dls', 'coco_dls', 'retrieval_dls',
+           'ShapesCaptions', 'shapes_dls']
 
 # %% ../nbs/09_data.ipynb #ef3896ee
-import json, random, re, textwrap, warnings
+import json, os, random, re, textwrap, warnings
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -26,7 +27,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 with warnings.catch_warnings():   # fastai's import calls `torch.jit.script`, deprecated in recent torch
     warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
     from fastai.data.core import DataLoaders
-    from fastai.data.load import DataLoader
+    from fastai.data.load import DataLoader, _loaders
+    from fastai.torch_core import default_device, to_device
 
 # %% ../nbs/09_data.ipynb #542b7a08
 def _finish_tokenizer(tok):
@@ -136,7 +138,7 @@ def _clean_captions(ids, captions, skipped:Counter) -> tuple:
     return [i for i in ids if i in out], out
 
 class CaptionsDataset(torch.utils.data.Dataset):
-    "Images with several captions each: one `(image [3,S,S] in [0,1], caption, image_id)` item per image"
+    "Images with several captions each: one `(image [3,S,S] uint8 (or float in [0,1]), caption, image_id)` item per image"
     max_warnings = 10   # skipped images warned about one by one; the rest are only counted
     def __init__(self, ids:list, # Image ids (ints), one item each, in order
                  captions:dict, # image id -> list of captions (cleaned here: see `clean_caption`)
@@ -154,7 +156,7 @@ class CaptionsDataset(torch.utils.data.Dataset):
         self._bad = torch.zeros(len(self.ids), dtype=torch.int8).share_memory_()  # 1 + IMAGE_ERRORS index, 0 = ok
 
     def get_image(self, i:int, augment:bool|None=None):
-        "Float image [3,S,S] in [0,1] of item `i`, or None if unreadable: what a subclass provides"
+        "Image [3,S,S] of item `i` (uint8, or float in [0,1]), or None if unreadable: what a subclass provides"
         raise NotImplementedError(f"{type(self).__name__} must implement get_image")
     def __len__(self): return len(self.ids)
     def set_epoch(self, epoch:int):
@@ -180,6 +182,7 @@ class CaptionsDataset(torch.utils.data.Dataset):
         n = len(self)
         for j in range(i, i + n):  # an unreadable image is replaced by the next readable one
             if self._bad[j % n] or (img := self.get_image(j % n)) is None: continue
+            if img.dtype == torch.uint8: return img, self.caption(j % n), self.ids[j % n]   # every value is a pixel
             if not (ok := bool(torch.isfinite(img).all())) or not -0.01 <= img.min() <= img.max() <= 1.01:
                 self._skip(j % n, 'bad_pixel_values', 'NaN/inf pixels' if not ok else
                            f"pixels in [{img.min().item():.3g}, {img.max().item():.3g}], not [0, 1]")
@@ -218,6 +221,7 @@ def _read_json(path):
 
 class CocoCaptions(CaptionsDataset):
     "An MS-COCO captions file + image folder; bad captions and images are skipped and counted, never fatal"
+    reads_files = True   # decodes a file per item: worth DataLoader workers (see `default_workers`)
     def __init__(self, ann_file, # MS-COCO captions json (`captions_train2017.json`, ...)
                  img_dir, # Folder holding the `file_name`s of the json
                  img_size:int=224, # Side S of the square output images
@@ -246,13 +250,12 @@ class CocoCaptions(CaptionsDataset):
         super().__init__(list(files), caps, train, seed, skipped)
         self.file_names = [files[i] for i in self.ids]
         if self._skipped: warnings.warn(f"{ann_file}: skipped {dict(self._skipped)}")
-        to_float = [v2.ToDtype(torch.float32, scale=True), v2.ToPureTensor()]
-        self.train_tfm = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(img_size, scale=scale), *to_float])
-        self.valid_tfm = v2.Compose([v2.ToImage(), v2.Resize((img_size, img_size)), *to_float])
+        self.train_tfm = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(img_size, scale=scale), v2.ToPureTensor()])
+        self.valid_tfm = v2.Compose([v2.ToImage(), v2.Resize((img_size, img_size)), v2.ToPureTensor()])
 
     def get_image(self, i:int, # Index into `ids`
                   augment:bool|None=None, # Random crop (default: `train` and the dataset's `augment`)
-                 ) -> torch.Tensor|None: # float [3,S,S] in [0,1], or None if the file is unreadable (then counted)
+                 ) -> torch.Tensor|None: # uint8 [3,S,S], or None if the file is unreadable (then counted)
         "Image `i` as a tensor, or None when its file cannot be used"
         if self._bad[i]: return None
         try: img = read_rgb(self.img_dir/self.file_names[i], self.img_size)
@@ -372,7 +375,7 @@ AutoImageProcessor.register(BitGenConfig, image_processor_classes={'torchvision'
 AutoProcessor.register(BitGenConfig, BitGenProcessor, exist_ok=True)
 
 # %% ../nbs/09_data.ipynb #1f612b13
-def show_captions(images, # [B,3,S,S] tensor in [0,1] (or a list of them)
+def show_captions(images, # [B,3,S,S] tensor, uint8 or float in [0,1] (or a list of them)
                   captions, # B strings
                   ncols:int=4, # Images a row
                   width:int=30, # Wrap captions at this many characters
@@ -382,11 +385,38 @@ def show_captions(images, # [B,3,S,S] tensor in [0,1] (or a list of them)
     n = len(captions); nrows = (n + ncols - 1) // ncols
     fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (2 * ncols, 2.2 * nrows), squeeze=False)
     for ax, img, cap in zip(axs.flat, images, captions):
-        ax.imshow(img.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy())
+        ax.imshow(_hwc(img))
         ax.set_title(textwrap.fill(cap, width), fontsize=8)
     for ax in axs.flat: ax.axis('off')
     fig.tight_layout()
     return fig
+
+def _hwc(img) -> np.ndarray:
+    "An image tensor [3,H,W] (uint8, or float in [0,1]) as an [H,W,3] array for `imshow`"
+    img = img.detach().cpu()
+    return (img.float() / 255 if img.dtype == torch.uint8 else img.float().clamp(0, 1)).permute(1, 2, 0).numpy()
+
+def default_workers(ds, # The dataset a loader reads
+                    device=None, # Where its batches go
+                   ) -> int:
+    "DataLoader workers for `ds` on `device`: 0 for data in memory or training on a CPU, else the CPUs of this process less one (at most 8)"
+    if not getattr(ds, 'reads_files', False) or torch.device(device or 'cpu').type == 'cpu': return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    per_rank = cpus // max(1, int(os.environ.get('LOCAL_WORLD_SIZE', 1)))   # torchrun / accelerate: processes on this machine
+    return max(1, min(8, per_rank - 1))
+
+def batches_to_device(dl):
+    "fastai's `DataLoader.__iter__`, copying each batch to `dl.device` without blocking (asynchronously from pinned memory)"
+    # fastai's own loop copies with `non_blocking=False`: from pinned memory that still waits for the GPU to finish all
+    # queued work at every batch, a host-device synchronisation per tensor of the batch
+    dl.randomize(); dl.before_iter()
+    dl._DataLoader__idxs = dl.get_idxs()   # fastai's (name-mangled) epoch order, read by `sample` in the workers
+    for b in _loaders[dl.fake_l.num_workers == 0](dl.fake_l):
+        if dl.pin_memory and type(b) == list: b = tuple(b)
+        if dl.device is not None: b = to_device(b, dl.device, non_blocking=True)
+        yield dl.after_batch(b)
+    dl.after_iter()
+    if hasattr(dl, 'it'): del dl.it
 
 class CaptionDL(DataLoader):
     "fastai DataLoader of `(images, input_ids, attention_mask, image_ids, image_ids)`; `n_inp=4`, target = image ids"
@@ -401,6 +431,7 @@ class CaptionDL(DataLoader):
         batch = self.collate(b)
         return (*batch, batch[-1])  # image ids again, as the target: fastai needs a non-empty yb
     def retain(self, res, b): return res  # fastai would cast the batch to the types of the first sample's fields
+    def __iter__(self): return batches_to_device(self)
     def before_iter(self):
         super().before_iter()
         if hasattr(self.dataset, 'set_epoch'): self.dataset.set_epoch(self.dataset.epoch + 1)
@@ -413,15 +444,28 @@ class CaptionDL(DataLoader):
         caps = [self.tokenizer.decode(t[m.bool()]) for t, m in zip(ids[:max_n], mask[:max_n])]
         return show_captions(imgs[:max_n], caps, ncols, **kwargs)
 
-def caption_dls(train_ds, valid_ds, tokenizer="gpt2", bs:int=128, val_bs:int|None=None, max_length:int=256,
-                num_workers:int=0, seed:int|None=None, device=None, **kwargs) -> DataLoaders:
-    "fastai `DataLoaders` over two `CaptionsDataset`s: train shuffled with `drop_last`, valid in order"
+def caption_dls(train_ds, # Training `CaptionsDataset` (shuffled, `drop_last`)
+                valid_ds, # Validation `CaptionsDataset` (in order)
+                tokenizer="gpt2", # Anything `load_tokenizer` takes
+                bs:int=128, # Training batch size
+                val_bs:int|None=None, # Validation batch size (default: `bs`)
+                max_length:int=256, # Captions are truncated to this many tokens
+                num_workers:int|None=None, # DataLoader workers (None: `default_workers` of each dataset)
+                seed:int|None=None, # Seed of shuffling and of the per-sample draws
+                device=None, # Where batches go (None: fastai's `default_device()`, the GPU where there is one)
+                pin_memory:bool|None=None, # Pin batches for asynchronous copies (None: when `device` is CUDA)
+                **kwargs, # Passed on to `CaptionDL` (fastai's `DataLoader`)
+               ) -> DataLoaders:
+    "fastai `DataLoaders` over two `CaptionsDataset`s: train shuffled with `drop_last`, valid in order, on `device`"
     if len(train_ds) < bs:
         raise ValueError(f"bs={bs} exceeds the {len(train_ds)} training images: drop_last would leave no batch")
     tok = load_tokenizer(tokenizer)
-    kw = dict(tokenizer=tok, max_length=max_length, num_workers=num_workers, **kwargs)
-    dls = DataLoaders(CaptionDL(train_ds, bs=bs, shuffle=True, drop_last=True, seed=seed, **kw),
-                      CaptionDL(valid_ds, bs=val_bs or bs, **kw), device=device)
+    device = default_device() if device is None else torch.device(device)
+    pin = device.type == 'cuda' if pin_memory is None else pin_memory
+    kw = dict(tokenizer=tok, max_length=max_length, pin_memory=pin, device=device, **kwargs)
+    nw = lambda ds: default_workers(ds, device) if num_workers is None else num_workers
+    dls = DataLoaders(CaptionDL(train_ds, bs=bs, shuffle=True, drop_last=True, seed=seed, num_workers=nw(train_ds), **kw),
+                      CaptionDL(valid_ds, bs=val_bs or bs, num_workers=nw(valid_ds), **kw), device=device)
     dls.tokenizer = tok
     size = getattr(valid_ds, 'img_size', None)   # the processor of a checkpoint: these images, this tokenizer
     dls.processor = BitGenProcessor(BitGenImageProcessor(size=size), tok, max_length=max_length) if size else None
@@ -435,10 +479,10 @@ def coco_dls(train_ann, # Training MS-COCO captions json
              bs:int=128, # Batch size
              img_size:int=224, # Side of the square images
              max_length:int=256, # Captions are truncated to this many tokens
-             num_workers:int=0, # DataLoader worker processes
+             num_workers:int|None=None, # DataLoader worker processes (None: `default_workers`)
              seed:int|None=None, # Seed of shuffling, caption choice and crops
              augment:bool=True, # Random crops of the training images (False: plain resize, for `VisionTower.cache_features`)
-             **kwargs, # Passed on to `caption_dls` (`val_bs`, `device`, `pin_memory`, `scale`...)
+             **kwargs, # Passed on to `caption_dls` (`val_bs`, `device`, `pin_memory`), or `scale` of the crops
             ) -> DataLoaders:
     "fastai `DataLoaders` of an MS-COCO-format captions dataset"
     scale = kwargs.pop('scale', (0.5, 1.0))
@@ -462,18 +506,26 @@ def _collate_texts(b, tokenizer, max_length):
     caps, ids = zip(*b)
     return (*_tokenize(tokenizer, caps, max_length), torch.tensor(ids, dtype=torch.long))
 
+class _RetrievalDL(DataLoader):
+    "A fastai `DataLoader` whose batches go to the device without blocking"
+    def __iter__(self): return batches_to_device(self)
+
 def retrieval_dls(ds:CaptionsDataset, # The split to evaluate
                   tokenizer="gpt2", # Anything `load_tokenizer` takes
                   bs:int=128, # Batch size of both loaders
                   max_length:int=256, # Captions are truncated to this many tokens
-                  num_workers:int=0, # Worker processes of the image loader
-                  device=None, # Where batches go
+                  num_workers:int|None=None, # Worker processes of the image loader (None: `default_workers`)
+                  device=None, # Where batches go (None: they stay on the CPU)
+                  shard:tuple=(0, 1), # (rank, world size): this process's share, every `world size`-th image and caption
                  ) -> tuple: # (image loader, caption loader)
-    "Loaders of all images `(images, image_ids)` and all captions `(input_ids, attention_mask, image_ids)` of `ds`"
-    tok = load_tokenizer(tokenizer)
-    img_dl = DataLoader(_ImagesOf(ds), bs=bs, num_workers=num_workers, device=device, create_batch=_collate_images)
-    cap_dl = DataLoader(ds.all_captions(), bs=bs, device=device,
-                        create_batch=partial(_collate_texts, tokenizer=tok, max_length=max_length))
+    "Loaders of all images `(images, image_ids)` and all captions `(input_ids, attention_mask, image_ids)` of `ds` (or of a shard)"
+    tok, (r, W) = load_tokenizer(tokenizer), shard
+    pin = device is not None and torch.device(device).type == 'cuda'
+    imgs = _ImagesOf(ds) if W == 1 else torch.utils.data.Subset(_ImagesOf(ds), range(r, len(ds), W))
+    nw = default_workers(ds, device) if num_workers is None else num_workers
+    img_dl = _RetrievalDL(imgs, bs=bs, num_workers=nw, device=device, pin_memory=pin, create_batch=_collate_images)
+    cap_dl = _RetrievalDL(ds.all_captions()[r::W], bs=bs, device=device, pin_memory=pin,
+                          create_batch=partial(_collate_texts, tokenizer=tok, max_length=max_length))
     return img_dl, cap_dl
 
 # %% ../nbs/09_data.ipynb #0bb84437
@@ -528,8 +580,8 @@ class ShapesCaptions(CaptionsDataset):
         self.images = torch.from_numpy(np.stack([_draw_shapes(s, img_size) for s in self.scenes])).permute(0, 3, 1, 2)
 
     def get_image(self, i:int, augment:bool|None=None) -> torch.Tensor:
-        "Image `i` as a float tensor [3,S,S] in [0,1] (never augmented)"
-        return self.images[i].float() / 255
+        "Image `i` as a uint8 tensor [3,S,S] (never augmented)"
+        return self.images[i]
 
     def new_empty(self):
         "An empty copy (same settings, no images or captions): what fastai's `Learner.export` keeps of the data"

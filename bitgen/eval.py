@@ -19,7 +19,8 @@ from torch import Tensor
 import matplotlib.pyplot as plt
 from transformers import AutoModel
 import bitgen.model  # registers BitGen with AutoConfig / AutoModel
-from .data import CaptionsDataset, CaptionDL, CocoCaptions, ShapesCaptions, load_tokenizer, shapes_tokenizer, retrieval_dls, skip_summary
+from .data import CaptionsDataset, CaptionDL, CocoCaptions, ShapesCaptions, load_tokenizer, shapes_tokenizer, retrieval_dls, skip_summary, _hwc
+from .losses import world, all_gather_rows
 from .model import find_checkpoint
 
 # %% ../nbs/10_eval.ipynb #5e204ac4
@@ -107,15 +108,15 @@ def retrieval_features(model, # A `BitGenModel` (anything with `get_image_featur
     img, img_ids, cap, cap_ids = [], [], [], []
     with evaluating(model):
         for images, ids in img_dl:
-            if len(ids): img.append(model.get_image_features(images.to(device)).float()); img_ids.append(ids.to(device))
+            if len(ids): img.append(model.get_image_features(images.to(device, non_blocking=True)).float()); img_ids.append(ids.to(device, non_blocking=True))
         for input_ids, attention_mask, ids in cap_dl:
-            cap.append(model.get_text_features(input_ids.to(device), attention_mask.to(device)).float())
-            cap_ids.append(ids.to(device))
+            cap.append(model.get_text_features(input_ids.to(device, non_blocking=True), attention_mask.to(device, non_blocking=True)).float())
+            cap_ids.append(ids.to(device, non_blocking=True))
     if not img or not cap: raise ValueError(f"nothing to score: {len(img)} image and {len(cap)} caption batches")
     return torch.cat(img), torch.cat(img_ids), torch.cat(cap), torch.cat(cap_ids)
 
 # %% ../nbs/10_eval.ipynb #54f7849d
-def _loaders(model, data, tokenizer, bs, max_length, device) -> tuple:
+def _loaders(model, data, tokenizer, bs, max_length, device, shard=(0, 1)) -> tuple:
     "`(img_dl, cap_dl)` of `data`: a `CaptionsDataset` (needs the tokenizer), a `CaptionDL` (its dataset, tokenizer and max_length) or a pair of loaders"
     if isinstance(data, CaptionDL) and isinstance(data.dataset, CaptionsDataset):
         tokenizer, max_length, data = data.tokenizer if tokenizer is None else tokenizer, max_length or data.max_length, data.dataset
@@ -125,7 +126,7 @@ def _loaders(model, data, tokenizer, bs, max_length, device) -> tuple:
         if len(tok) > vocab:
             raise ValueError(f"the tokenizer has {len(tok)} tokens but the model's vocabulary only {vocab}: "
                              "is it the tokenizer the model was trained with?")
-        return retrieval_dls(data, tok, bs, max_length or model.config.max_position_embeddings, device=device)
+        return retrieval_dls(data, tok, bs, max_length or model.config.max_position_embeddings, device=device, shard=shard)
     if isinstance(data, (tuple, list)) and len(data) == 2: return tuple(data)
     raise ValueError(f"data must be a CaptionsDataset, a CaptionDL or an (img_dl, cap_dl) pair, got {type(data).__name__}")
 
@@ -136,10 +137,14 @@ def retrieval_recall(model, # A `BitGenModel`
                      ks=(1, 5, 10), # The K of Recall@K
                      max_length:int|None=None, # Caption truncation (default: a `CaptionDL`'s, else the model's `max_position_embeddings`)
                      device=None, # Where features are computed; the model must be there (default: the model's device)
+                     shard:bool=False, # Under torch.distributed: each rank embeds its share of a dataset, and every rank gets the recall of all
                     ) -> dict: # {'i2t_r1': ..., 't2i_r10': ...}, fractions in [0, 1]
     "Image → text and text → image Recall@K of `model` over every image and caption of a split"
     ks = _check_ks(ks)
-    img, img_ids, cap, cap_ids = retrieval_features(model, *_loaders(model, data, tokenizer, bs, max_length, device), device)
+    rank_ws = world() if shard and isinstance(data, (CaptionsDataset, CaptionDL)) else (0, 1)
+    device = _device_of(model) if device is None else torch.device(device)
+    img, img_ids, cap, cap_ids = retrieval_features(model, *_loaders(model, data, tokenizer, bs, max_length, device, rank_ws), device)
+    if rank_ws[1] > 1: img, img_ids, cap, cap_ids = map(all_gather_rows, (img, img_ids, cap, cap_ids))   # every rank's share
     return recall_at_k(img @ cap.T, img_ids, cap_ids, ks)
 
 # %% ../nbs/10_eval.ipynb #5d9acec7
@@ -161,7 +166,7 @@ def show_retrieval(model, # A `BitGenModel`
     top = sim.topk(min(k, len(caps)), dim=1).indices.cpu()
     fig, axs = plt.subplots(1, n, figsize=figsize or (2 * n, 2 + 0.5 * k), squeeze=False)
     for ax, iid, row in zip(axs[0], img_ids.tolist(), top):
-        ax.imshow(ds.get_image(ds.ids.index(iid), augment=False).permute(1, 2, 0).clamp(0, 1).numpy()); ax.axis('off')
+        ax.imshow(_hwc(ds.get_image(ds.ids.index(iid), augment=False))); ax.axis('off')
         ax.set_title(f"image {iid}", fontsize=8)
         y = -0.03
         for r, c in enumerate(row.tolist()):
