@@ -70,7 +70,8 @@ def train_parser() -> argparse.ArgumentParser:
                                   "file or name"),
         ('--freeze-vision', bool, "freeze the vision backbone (its projection still trains)"),
         ('--cache-vision', bool, "with --freeze-vision: compute the backbone's features once per image and reuse them "
-                                 "(training images are resized, not randomly cropped)"),
+                                 "(training images are resized, not randomly cropped; float16 in host memory, refused "
+                                 "if over half of it)"),
         ('--vision-grid', int, "average-pool the backbone's patch tokens to a GRID x GRID map: fewer image tokens, a faster "
                                "step (e.g. 4 at 224 px: 16 tokens instead of a MobileNetV2's 49)"),
         ('--queue-size', int, "override the contrastive queue size (0: batch-only contrast)"),
@@ -78,9 +79,10 @@ def train_parser() -> argparse.ArgumentParser:
         ('--distill-alpha', float, "override the momentum distillation weight, in [0, 1] (default: 0.4)"),
         ('--resume', str, "resume from a checkpoint folder, e.g. OUT/models/latest"),
         ('--push-to-hub', str, "Hub repo id to push the latest checkpoint to after each epoch"),
-        ('--num-workers', int, "DataLoader worker processes (default: 0)"),
-        ('--device', str, "device to train on, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu; "
-                          "multi-process runs: each process's own)"),
+        ('--num-workers', int, "DataLoader worker processes (default: for image files on a GPU, the CPUs less one, "
+                               "up to 8; else 0)"),
+        ('--device', str, "device to train on, e.g. cpu, cuda, cuda:1 (default: fastai's default_device(), the current "
+                          "GPU if any, else the CPU; multi-process runs: each process's own GPU)"),
         ('--momentum-dtype', str, "the momentum towers' forward: auto (bfloat16 where native), bfloat16 or float32"),
         ('--compile', bool, "torch.compile the vision backbone and the text/fusion blocks"),
         ('--mixed-precision', str, "auto (bf16 or fp16 on CUDA, fp32 on a CPU), bf16 (CUDA, or a CPU with native bf16: "

@@ -11,7 +11,7 @@ __all__ = ['DEMO_SPLIT', 'retrieval_ranks', 'recall_at_k', 'chance_recall', 'eva
            'checkpoint_tokenizer', 'bitgen_eval']
 
 # %% ../nbs/10_eval.ipynb #6817ed8e
-import math, textwrap
+import inspect, math, textwrap
 from pathlib import Path
 from contextlib import contextmanager
 import torch
@@ -106,9 +106,13 @@ def retrieval_features(model, # A `BitGenModel` (anything with `get_image_featur
     "L2-normalised features and image ids of every image and caption, computed batch by batch in eval mode"
     device = _device_of(model) if device is None else torch.device(device)
     img, img_ids, cap, cap_ids = [], [], [], []
+    keyed = 'image_ids' in inspect.signature(model.get_image_features).parameters   # a BitGenModel: ids key its feature cache
     with evaluating(model):
         for images, ids in img_dl:
-            if len(ids): img.append(model.get_image_features(images.to(device, non_blocking=True)).float()); img_ids.append(ids.to(device, non_blocking=True))
+            if not len(ids): continue
+            ids = ids.to(device, non_blocking=True)
+            img.append(model.get_image_features(images.to(device, non_blocking=True), **({'image_ids': ids} if keyed else {})).float())
+            img_ids.append(ids)
         for input_ids, attention_mask, ids in cap_dl:
             cap.append(model.get_text_features(input_ids.to(device, non_blocking=True), attention_mask.to(device, non_blocking=True)).float())
             cap_ids.append(ids.to(device, non_blocking=True))

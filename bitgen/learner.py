@@ -7,7 +7,7 @@ Docs: https://bitgen-ai.github.io/bitgen/learner.html.md"""
 # %% auto #0
 __all__ = ['Stage1Adapter', 'stage1_loss', 'unwrap', 'LossTerm', 'RetrievalRecall', 'stage1_metrics', 'stage1_splitter',
            'stage1_opt', 'NoDecayCallback', 'PostStepCallback', 'NonFiniteLossCallback', 'disk_errors',
-           'atomic_save_dir', 'CheckpointCallback', 'GlobalBatchDL', 'shard_dls', 'SyncCheckCallback',
+           'atomic_save_dir', 'CheckpointCallback', 'GlobalBatchDL', 'train_device', 'shard_dls', 'SyncCheckCallback',
            'BitGenMixedPrecision', 'compile_towers', 'BitGenLearner', 'stage1_learner', 'stage1_schedule',
            'stage1_distrib_kwargs', 'demo_config', 'EpochLineCallback', 'bitgen_train']
 
@@ -24,8 +24,8 @@ with warnings.catch_warnings():   # fastai's import calls `torch.jit.script`, de
     from fastai.learner import Learner, AvgMetric, Metric, Recorder
     from fastai.optimizer import OptimWrapper
     from fastai.distributed import DistributedDL, DistributedTrainer
-    from fastai.torch_core import rank_distrib, num_distrib, distrib_barrier, apply
-    from fastai.callback.core import Callback, CancelBatchException, CancelFitException
+    from fastai.torch_core import rank_distrib, num_distrib, distrib_barrier, apply, default_device
+    from fastai.callback.core import Callback, CancelBatchException, CancelFitException, CancelStepException
     from fastai.callback.schedule import ParamScheduler, SchedLin, SchedCos, combine_scheds
     from fastai.callback.training import GradientAccumulation, GradientClip
     from fastai.callback.fp16 import MixedPrecision, AMPMode
@@ -33,12 +33,13 @@ with warnings.catch_warnings():   # fastai's import calls `torch.jit.script`, de
     import fastai.callback.hook  # `Learner.summary`
     from fastai.torch_core import find_bs
 from fastcore.basics import patch
-from .model import BitGenConfig, BitGenModel, _bf16_autocast
-from .data import shapes_dls, coco_dls
+from .model import BitGenConfig, BitGenModel, _bf16_autocast, native_bf16
+from .data import shapes_dls, coco_dls, batches_to_device
 from .eval import retrieval_recall
 
 # %% ../nbs/11_learner.ipynb #5a1c7e2f
 import ctypes, errno, sys, tempfile
+from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from contextlib import contextmanager
 from .data import skip_summary
@@ -67,14 +68,19 @@ def unwrap(model:nn.Module) -> BitGenModel:
 
 # %% ../nbs/11_learner.ipynb #c2051729
 class LossTerm(AvgMetric):
-    "Validation mean of one of the model's loss terms (`out['losses'][key]`; `'temp'`: the temperature), weighted by batch size"
+    "Validation mean of one of the model's loss terms (`out['losses'][key]`; `'temp'`: the temperature), weighted by batch size (`itm_acc`: by its rows)"
     def __init__(self, key:str): self.key = key
     def accumulate(self, learn):
         out = learn.pred
-        v = out['temperature'] if self.key == 'temp' else out['losses'][self.key]
-        bs = find_bs(learn.yb)
-        self.total += learn.to_detach(v) * bs
-        self.count += bs
+        v = (out['temperature'] if self.key == 'temp' else out['losses'][self.key]).detach().float()
+        # summed on the device, read once at the end (fastai's `AvgMetric` copies every batch's value to the host);
+        # the model's figures are already global under DDP: nothing to gather
+        w = out['losses']['itm_rows'].float() if self.key == 'itm_acc' else find_bs(learn.yb)
+        self.total, self.count = self.total + v * w, self.count + w
+    @property
+    def value(self):
+        c = float(self.count)
+        return float(self.total) / c if c else None
     @property
     def name(self): return self.key
 
@@ -91,7 +97,7 @@ class RetrievalRecall(Metric):
         if RetrievalRecall._cache.get('learn') != id(learn):
             ds = learn.dls.valid.dataset
             res = retrieval_recall(unwrap(learn.model), ds, tokenizer=learn.dls.tokenizer, bs=learn.dls.valid.bs,
-                                   device=learn.dls.device)
+                                   device=learn.dls.device, shard=True)   # ranks split the split
             RetrievalRecall._cache = {'learn': id(learn), 'res': res}
         return RetrievalRecall._cache['res'][self.key]
     @property
@@ -146,23 +152,27 @@ class NoDecayCallback(Callback):
 
 # %% ../nbs/11_learner.ipynb #c026a083
 class PostStepCallback(Callback):
-    "Run `BitGenModel.post_step` after every optimizer step; count the rows left out of ITM"
+    "Run `BitGenModel.post_step` after every optimizer step that was taken; count the rows left out of ITM"
     order = 10
-    def before_fit(self): self.learn.itm_dropped = 0
+    def before_fit(self): self.learn.itm_dropped, self.dropped = 0, 0
     def after_loss(self):
-        if self.training: self.learn.itm_dropped += int(self.learn.pred['losses']['itm_dropped'])
-    def after_step(self): unwrap(self.learn.model).post_step()
+        if self.training: self.dropped = self.dropped + self.learn.pred['losses']['itm_dropped'].detach()   # read at the end
+    def before_step(self): self.cancelled = False
+    def after_cancel_step(self): self.cancelled = True   # e.g. fp16's GradScaler skipped an overflowing step
+    def after_step(self):   # fastai runs `after_step` after a cancelled step too: nothing moved, so nothing to count
+        if not self.cancelled: unwrap(self.learn.model).post_step()
     def after_fit(self):
+        self.learn.itm_dropped = int(self.dropped)
         if self.learn.itm_dropped:
             warnings.warn(f"{self.learn.itm_dropped} training rows had no other-image candidate and sat out ITM "
                           "(batches of one image's captions, or a tiny final batch)")
 
 # %% ../nbs/11_learner.ipynb #6919d7ad
-def _on_any_rank(flag:bool, device) -> bool:
-    "`flag` or-ed over the ranks of `torch.distributed` (all ranks must skip the same step, or DDP's all-reduce waits forever)"
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()): return flag
-    t = torch.tensor(int(flag), device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+def _on_any_rank(bad:torch.Tensor) -> bool:
+    "A bool tensor or-ed over the ranks of `torch.distributed` (all ranks must skip the same step, or DDP's all-reduce waits forever), read once"
+    t = bad.to(torch.int32)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return bool(t)
 
 def _running_stats(model:nn.Module) -> list:
@@ -182,11 +192,15 @@ class NonFiniteLossCallback(Callback):
         self.run_of_bad = 0
     def before_batch(self):
         self.stats = [(b, b.clone()) for b in _running_stats(self.learn.model)]
-        bad = not all(bool(torch.isfinite(x).all()) for x in self.xb if torch.is_tensor(x) and x.is_floating_point())
-        if _on_any_rank(bad, self.dls.device): self._skip('input')
-    def after_loss(self): self.bad_loss = not bool(torch.isfinite(self.learn.loss_grad).all())
+        xs = [x for x in self.xb if torch.is_tensor(x) and x.is_floating_point()]   # uint8 images: nothing to check
+        if xs and _on_any_rank(~torch.stack([torch.isfinite(x).all() for x in xs]).all()): self._skip('input')
+    def after_loss(self):
+        # BitGen's model read this very loss (the global one under DDP) on the host already: reuse that, one read fewer
+        ref, ok = unwrap(self.learn.model).__dict__.pop('_loss_finite', (None, None))
+        self.bad_loss = (not ok) if ref is not None and ref() is self.learn.loss_grad else ~torch.isfinite(self.learn.loss_grad).all()
     def before_backward(self):   # not in after_loss, which runs before `MixedPrecision` leaves autocast
-        if _on_any_rank(self.bad_loss, self.dls.device): self._skip('loss')
+        bad = self.bad_loss if isinstance(self.bad_loss, bool) else _on_any_rank(self.bad_loss)
+        if bad: self._skip('loss')
     def before_step(self):   # once per optimizer step: `GradientAccumulation` (an earlier order) cancels the batches between
         scaler = getattr(self.learn, 'scaler', None)
         if scaler is not None and scaler.is_enabled(): return   # fp16: `GradScaler` skips inf steps and lowers its scale itself
@@ -277,7 +291,8 @@ def _read_training_state(ckpt:Path) -> tuple:
     "`(tensors, json state)` of a checkpoint's `training_state.pt` / `.json`; a file that cannot be read raises naming it"
     f = Path(ckpt)/'training_state.pt'
     if not f.is_file(): raise ValueError(f"{f}: missing (a resumable checkpoint holds the training state)")
-    try: st = torch.load(f, weights_only=True)   # tensors and plain containers only: nothing unpickled
+    try: st = torch.load(f, weights_only=True, map_location='cpu')   # tensors and plain containers only: nothing unpickled
+    # (to the CPU first: a checkpoint of a GPU run loads on a CPU host, and each rank moves what it needs to its own device)
     except Exception as e: raise ValueError(f"{f}: cannot be read, truncated or damaged ({type(e).__name__}: {e})") from e
     f = f.with_suffix('.json')
     try: js = json.loads(f.read_text())
@@ -302,7 +317,8 @@ def _rng_state(learn) -> tuple:
 
 def _set_rng_state(learn, tensors, js):
     torch.set_rng_state(tensors['torch'])
-    if 'cuda' in tensors and torch.cuda.is_available(): torch.cuda.set_rng_state_all(tensors['cuda'])
+    if 'cuda' in tensors and torch.cuda.is_available():   # a run resumed on fewer (or more) GPUs: the ones both have
+        for i, s in enumerate(tensors['cuda'][:torch.cuda.device_count()]): torch.cuda.set_rng_state(s, i)
     random.setstate((3, tuple(js['python'][0]), js['python'][1]))
     keys, pos, has_gauss, cached = js['numpy']
     np.random.set_state(('MT19937', np.array(keys, dtype=np.uint32), int(pos), int(has_gauss), cached))
@@ -337,6 +353,11 @@ def _card_data(dls) -> str|None:
     size = getattr(trn, 'img_size', None)
     return (f"{type(trn).__name__}: {len(trn)} training and {len(val)} validation images"
             + (f" at {size} px" if size else '') + f", tokenizer {type(dls.tokenizer).__name__} ({len(dls.tokenizer)} tokens).")
+
+def _link_or_copy(src, dst):
+    "Hard-link `src` at `dst`, or copy it where the file system cannot link"
+    try: os.link(src, dst)
+    except OSError: shutil.copy2(src, dst)
 
 class CheckpointCallback(TrackerCallback):
     "Atomic `save_pretrained` checkpoints `latest/` (every epoch) and `best/` (on improvement), with the processor, a model card and the training state; rank 0 writes"
@@ -397,15 +418,30 @@ class CheckpointCallback(TrackerCallback):
         super().after_epoch()
         latest = self._save('latest')
         if self.new_best: self._save('best')
-        if self.hub_repo and rank_distrib() == 0:
-            from huggingface_hub import upload_folder
-            epoch = self.epoch + getattr(self.learn, 'epoch_offset', 0)
-            upload_folder(repo_id=self.hub_repo, folder_path=latest, commit_message=f"epoch {epoch}",
-                          ignore_patterns=['training_state.*'])
+        if self.hub_repo and rank_distrib() == 0: self._push(latest, self.epoch + getattr(self.learn, 'epoch_offset', 0))
+
+    def _push(self, latest:Path, epoch:int):
+        "Upload a snapshot of `latest/` to the Hub in a background thread: the other ranks never wait for the network"
+        self._wait_push()   # one upload at a time, in order (and the previous one's error, if any, surfaces here)
+        snap = self.dir/'.hub-upload'
+        shutil.rmtree(snap, ignore_errors=True)
+        # hard links: a checkpoint's files are never rewritten in place (each save is a new folder swapped in)
+        shutil.copytree(latest, snap, copy_function=_link_or_copy, ignore=shutil.ignore_patterns('training_state.*'))
+        from huggingface_hub import upload_folder
+        self._pushing = ThreadPoolExecutor(1, thread_name_prefix='bitgen-hub').submit(
+            upload_folder, repo_id=self.hub_repo, folder_path=snap, commit_message=f"epoch {epoch}")
+
+    def _wait_push(self):
+        f, self._pushing = getattr(self, '_pushing', None), None
+        if f is not None: f.result()
+
+    def after_fit(self):
+        if getattr(self, 'fitting', False): self._wait_push()   # the last epoch's upload is done when the fit returns
 
 # %% ../nbs/11_learner.ipynb #e5f6a7b8
 class GlobalBatchDL(DistributedDL):
     "fastai's `DistributedDL`, sharded by global batch: rank r gets the r-th slice of every `bs * world_size` consecutive items"
+    def __iter__(self): return batches_to_device(self)   # copied without blocking, as `CaptionDL`
     def _broadcast(self, t, rank):
         dev = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
         t = torch.tensor(t, dtype=torch.long, device=dev)
@@ -439,10 +475,20 @@ class GlobalBatchDL(DistributedDL):
             return x[:max(0, min(x.shape[0], self.n - seen))]
         return apply(_inner, b)
 
-def shard_dls(dls):
-    "Wrap every loader of `dls` in a `GlobalBatchDL` on this rank's device (no-op in a single process)"
+def train_device(dls, # The learner's DataLoaders
+                 device=None, # The caller's choice, which wins
+                ) -> torch.device:
+    "Where a learner trains: `device`; else, under torch.distributed, this process's GPU (`LOCAL_RANK`) or the CPU; else `dls.device`, else fastai's `default_device()`"
+    if device is not None: return torch.device(device)
+    if num_distrib() > 1:   # every process of a launch sees the same `default_device()`: pick this rank's own GPU
+        return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))) if torch.cuda.is_available() else torch.device('cpu')
+    dev = getattr(dls, 'device', None)
+    return torch.device(dev) if dev is not None else default_device()
+
+def shard_dls(dls, device=None):
+    "Wrap every loader of `dls` in a `GlobalBatchDL` on `device` (default: this rank's, `train_device`); no-op in a single process"
     if num_distrib() <= 1 or all(isinstance(dl, GlobalBatchDL) for dl in dls.loaders): return dls
-    dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))) if torch.cuda.is_available() else torch.device('cpu')
+    dev = train_device(dls, device)
     if dev.type == 'cuda': torch.cuda.set_device(dev)
     dls.loaders = [dl if isinstance(dl, GlobalBatchDL) else GlobalBatchDL(dl, device=dev) for dl in dls.loaders]
     dls.device = dev
@@ -522,7 +568,8 @@ def stage1_learner(dls, # fastai DataLoaders from `coco_dls` / `shapes_dls` (bat
                    final_lr_frac:float=0.1, # Cosine decay ends at this fraction of lr
                    max_warmup_frac:float=0.1, # The warmup never takes more than this fraction of a run's optimizer steps
                    patience:int|None=5, # Early stopping patience in epochs (None: off)
-                   mixed_precision:str|None='auto', # 'auto' (bf16/fp16 on CUDA, off on CPU), 'bf16' (CUDA or CPU), 'fp16' (CUDA) or None
+                   mixed_precision:str|None='auto', # 'auto' (on CUDA: bf16 where native, else fp16; elsewhere off), 'bf16' (CUDA or CPU), 'fp16' (CUDA) or None
+                   device=None, # Where to train (None: `train_device`, i.e. `dls.device` or fastai's `default_device()`, this rank's GPU under DDP)
                    retrieval:bool=True, # Record retrieval recall on the validation split every epoch
                    path='.', model_dir='models', # Checkpoints go to path/model_dir/{latest,best}
                    resume=None, # A checkpoint folder to resume from
@@ -559,15 +606,15 @@ def stage1_learner(dls, # fastai DataLoaders from `coco_dls` / `shapes_dls` (bat
         validate_repo_id(push_to_hub)
     if accum > 1: cbs.append(GradientAccumulation(n_acc=accum * dls.train.bs))
     if patience is not None: cbs.append(EarlyStoppingCallback(monitor='valid_loss', patience=patience))
-    if mixed_precision == 'auto':
-        mixed_precision = ('bf16' if torch.cuda.is_bf16_supported() else 'fp16') if torch.cuda.is_available() else None
+    dev = train_device(dls, device)
+    dls.to(dev); model.to(dev)   # fastai's fit moves the model to `dls.device` too: the batches and the model agree
+    if mixed_precision == 'auto': mixed_precision = ('bf16' if native_bf16(dev) else 'fp16') if dev.type == 'cuda' else None
     if mixed_precision is not None:
-        dev = torch.device(getattr(dls, 'device', None) or 'cpu')
         if mixed_precision == 'fp16' and dev.type != 'cuda':   # before any training: BitGenMixedPrecision checks again at fit
             raise ValueError(f"mixed_precision='fp16' needs CUDA (a {dev.type} autocast has no fp16 loss scaling): use 'bf16' or None")
         cbs.append(BitGenMixedPrecision(mixed_precision))
     if compile: compile_towers(model)
-    learn = BitGenLearner(shard_dls(dls), Stage1Adapter(model), loss_func=stage1_loss, opt_func=stage1_opt, splitter=stage1_splitter,
+    learn = BitGenLearner(shard_dls(dls, dev), Stage1Adapter(model), loss_func=stage1_loss, opt_func=stage1_opt, splitter=stage1_splitter,
                     lr=lr, wd=wd, metrics=stage1_metrics(retrieval), cbs=cbs, path=path, model_dir=model_dir)
     learn.recipe = dict(lr=lr, accum=accum, warmup_steps=warmup_steps, final_lr_frac=final_lr_frac, max_warmup_frac=max_warmup_frac)
     learn.resume_epoch = 0
@@ -623,10 +670,13 @@ def _needs_distrib(learn) -> bool:
     return num_distrib() > 1 and not any(isinstance(cb, DistributedTrainer) for cb in learn.cbs)
 
 def stage1_distrib_kwargs() -> dict:
-    "Arguments of `Learner.distrib_ctx` for BitGen: its BatchNorm syncs itself; the decoder has no gradient while recon_weight=0"
+    "Arguments of `Learner.distrib_ctx` for BitGen: its BatchNorm syncs itself; the decoder has no gradient while recon_weight=0; fastai owns AMP"
     from accelerate.utils import DistributedDataParallelKwargs
     return dict(sync_bn=False, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-                cpu=not torch.cuda.is_available())   # Accelerate runs CPU processes as one group (gloo) only when told cpu=True
+                cpu=not torch.cuda.is_available(),   # Accelerate runs CPU processes as one group (gloo) only when told cpu=True
+                # not Accelerate's autocast and GradScaler too: `accelerate launch --mixed_precision` (or its config) would
+                # wrap the forward a second time and scale an fp16 loss that nobody unscales; fastai's callback is the one
+                mixed_precision='no')
 
 # %% ../nbs/11_learner.ipynb #7006ed08
 def demo_config(vocab_size:int, **kwargs) -> BitGenConfig:
@@ -684,13 +734,13 @@ def _text_inputs(learn, caption:str) -> tuple:
     return enc['input_ids'], enc['attention_mask']
 
 def _image_input(learn, item) -> torch.Tensor:
-    "A batch of one image [1, 3, H, W] in [0, 1]: a PIL image through the processor, a float tensor [3, H, W] as it is"
+    "A batch of one image [1, 3, H, W]: a PIL image through the processor, a tensor [3, H, W] (uint8, or float in [0, 1]) as it is"
     if isinstance(item, Image.Image):
         p = getattr(learn.dls, 'processor', None)
         ip = p.image_processor if p is not None else BitGenImageProcessor(size=unwrap(learn.model).config.image_size)
         return ip(item, return_tensors='pt')['pixel_values']
-    if item.ndim != 3 or item.shape[0] != 3 or not item.is_floating_point():
-        raise ValueError(f"an image tensor must be float [3, H, W] in [0, 1], got {item.dtype} of shape {tuple(item.shape)}")
+    if item.ndim != 3 or item.shape[0] != 3 or not (item.is_floating_point() or item.dtype == torch.uint8):
+        raise ValueError(f"an image tensor must be [3, H, W], uint8 or float in [0, 1], got {item.dtype} of shape {tuple(item.shape)}")
     return item[None]
 
 def _autocast(learn, device):
@@ -701,7 +751,7 @@ def _autocast(learn, device):
     return torch.autocast('cuda', dtype=torch.bfloat16 if mp[0].amp_mode == AMPMode.BF16 else torch.float16)
 
 @patch
-def predict(self:BitGenLearner, item, # A PIL image, a float image tensor [3, H, W] in [0, 1], or a caption (str)
+def predict(self:BitGenLearner, item, # A PIL image, an image tensor [3, H, W] (uint8, or float in [0, 1]), or a caption (str)
            ) -> torch.Tensor: # [projection_dim] L2-normalised feature, on the CPU
     "The contrastive feature vector of one image or caption (what `get_preds` gives for a whole split)"
     if not isinstance(item, (str, Image.Image, torch.Tensor)):
@@ -760,6 +810,21 @@ def _prepare_out(out:Path, resume, overwrite:bool):
             with tempfile.TemporaryFile(dir=d): pass
         except OSError as e:
             raise OSError(e.errno, f"--out {out} cannot be written ({d}: {e.strerror}); nothing was trained") from e
+
+def _host_memory() -> int|None:
+    "Bytes of physical memory of this machine (None where the OS does not say)"
+    try: return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (ValueError, OSError, AttributeError): return None
+
+def _cache_vision(model:BitGenModel, dls, img_size:int, max_frac:float=0.5):
+    "Turn on the frozen backbone's feature cache, sized to hold both splits; refuse one that would take over `max_frac` of host memory"
+    n = len(dls.train.dataset) + len(dls.valid.dataset)
+    need = n * model.vision.cache_bytes(img_size)
+    if (mem := _host_memory()) and need > max_frac * mem:
+        raise ValueError(f"--cache-vision would hold {need / 2**30:.1f} GiB of backbone tokens for {n} images "
+                         f"({model.vision.cache_bytes(img_size) / 1e3:.0f} kB an image, float16) in {mem / 2**30:.0f} GiB of memory: "
+                         "pool them with --vision-grid (e.g. 4: 17 tokens an image), or train without --cache-vision")
+    model.vision.cache_features(max_mb=need * 1.05 / 2**20 + 1)
 
 def _write_atomic(path:Path, write):
     "`write(tmp)` to a temporary file beside `path`, fsync it, rename it over `path`; a full disk says so and names `path`"
@@ -839,8 +904,8 @@ def bitgen_train(
     distill_alpha:float=None, # Override the momentum distillation weight, in [0, 1] (default: 0.4)
     resume:str=None, # Resume from a checkpoint folder (e.g. OUT/models/latest)
     push_to_hub:str=None, # Hub repo id to push the latest checkpoint to after each epoch
-    num_workers:int=0, # DataLoader workers
-    device:str=None, # Device to train on (default: cuda if available, else cpu; multi-process runs: each process's own)
+    num_workers:int=None, # DataLoader workers (default: `default_workers`: for image files on a GPU, the CPUs less one, up to 8; else 0)
+    device:str=None, # Device to train on (default: fastai's default_device(), the current GPU if any, else the CPU; multi-process runs: each process's own GPU)
     momentum_dtype:str='auto', # The momentum towers' forward: auto (bfloat16 where native), bfloat16 or float32
     compile:bool=False, # torch.compile the vision backbone and the text/fusion blocks
     mixed_precision:str='auto', # auto (bf16/fp16 on CUDA, fp32 on a CPU), bf16 (CUDA or a CPU), fp16 (CUDA) or no
@@ -902,8 +967,9 @@ def bitgen_train(
         if vision_weights: model.load_vision_weights(vision_weights)
     learn = stage1_learner(dls, model=model, lr=lr, wd=wd, accum=accum, clip=clip, warmup_steps=warmup,
                            patience=patience, path=out, resume=resume, push_to_hub=push_to_hub, compile=compile,
-                           mixed_precision=None if mixed_precision == 'no' else mixed_precision, check_sync=check_sync)
-    if cache_vision: unwrap(learn.model).vision.cache_features()   # after a resume too: the weights it caches are loaded
+                           mixed_precision=None if mixed_precision == 'no' else mixed_precision, check_sync=check_sync,
+                           device=device)
+    if cache_vision: _cache_vision(unwrap(learn.model), dls, img_size)   # after a resume too: the weights it caches are loaded
     main = rank_distrib() == 0   # rank 0 writes the plots and metrics and reports
     if not sys.stdout.isatty():   # a log file or a pipe: one line per epoch, not every frame of the progress bars
         learn.remove_cb(ProgressCallback); learn.add_cb(EpochLineCallback())

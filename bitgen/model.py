@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal  # names the inherited config signature uses (for show_doc)
-import contextlib, copy, json, math, warnings
+import contextlib, copy, json, math, warnings, weakref
 from functools import partial
 import torch
 import torch.nn as nn
@@ -288,11 +288,11 @@ class BitGenModel(BitGenPreTrainedModel):
         "L2-normalised contrastive text features [B, projection_dim] (unimodal pass)"
         return self._text_feats(self.encoder(input_ids, attention_mask))
 
-    def get_image_features(self, images:Tensor|None=None, pixel_values:Tensor|None=None) -> Tensor:
-        "L2-normalised contrastive image features [B, projection_dim] of `ToTensor()` images (`pixel_values`: the same, HF's name)"
+    def get_image_features(self, images:Tensor|None=None, pixel_values:Tensor|None=None, image_ids:Tensor|None=None) -> Tensor:
+        "L2-normalised contrastive image features [B, projection_dim] of `ToTensor()` (or uint8) images (`pixel_values`: HF's name; `image_ids`: feature-cache keys)"
         images = _images_arg(images, pixel_values)
         if images is None: raise ValueError("give images (or pixel_values)")
-        return self._image_feats(self._image_stream(self.vision(images)))
+        return self._image_feats(self._image_stream(self.vision.proj(self.vision.features(images, image_ids))))
 
 # %% ../nbs/08_model.ipynb #c3564114
 @patch
@@ -500,8 +500,10 @@ def _stage1_terms(self:BitGenModel, input_ids, attention_mask, images, image_ids
     # every rank reports the global figures (one all-reduce); the gradient stays this rank's own
     total, terms = _global_figures(*self.loss_fn(logs=logs, **terms))
     # the queue after the loss, and never with a non-finite batch: the global total is finite on every rank or on none
-    if self.training and bool(torch.isfinite(total.detach())):
-        _enqueue(self, txt_k.detach()[loc], img_k.detach()[loc], image_ids, ids_pad, mask_pad, keys, Lg)
+    if self.training:
+        ok = bool(torch.isfinite(total.detach()))   # the step's one host read; the learner reuses it (`_loss_finite`)
+        self._loss_finite = (weakref.ref(total), ok)
+        if ok: _enqueue(self, txt_k.detach()[loc], img_k.detach()[loc], image_ids, ids_pad, mask_pad, keys, Lg)
     return total, terms, txt, img, txt_h, img_h, itm_logits
 
 # %% ../nbs/08_model.ipynb #8faf1095
