@@ -456,7 +456,7 @@ def export_onnx(model:BitGenModel, # A model from `load_packed` (packed ternary 
         raise ValueError("the model still has QAT BitLinear layers: export_packed it and export the load_packed model")
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     c, size = model.config, image_size or model.config.image_size
-    g = copy.deepcopy(model).eval()
+    g = copy.deepcopy(model).to('cpu').eval()   # traced on the CPU with CPU example inputs, wherever the model is
     if g.vision.kind == 'dinov2': _fix_positions(g.vision.backbone.embeddings, size)
     for n, m in list(g.named_modules()):
         if isinstance(m, PackedBitLinear):

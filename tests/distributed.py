@@ -130,25 +130,42 @@ def tiny_learner(out, bs, seed=0, n_train=32, **kw):
                                                    eos_token_id=0, queue_size=24, bitnet=False,
                                                    momentum_dtype='float32')
     return stage1_learner(dls, cfg, lr=2e-3, accum=1, warmup_steps=2, max_warmup_frac=0.5, path=out, patience=None,
-                          retrieval=False, check_sync=True, **kw)
+                          **{'retrieval': False, 'check_sync': True, **kw})
 
 
 def resume_worker(rank, world, out_dir, bs=4):
     """On every rank: a 2-epoch fit whose checkpoint after epoch 1 is kept aside, then a new learner resumed from that
     checkpoint and fitted to epoch 2; rank 0 saves both final weights. The kept checkpoint is the one a run stopped after
-    epoch 1 leaves (checkpoints are written at the end of every epoch), so one fit serves as the uninterrupted run."""
-    import shutil
+    epoch 1 leaves (checkpoints are written at the end of every epoch), so one fit serves as the uninterrupted run.
+
+    The same fit is traced as a GPU run would be (`tests.tracing.DeviceTracer`): every rank saves the collectives it
+    issued (with the shapes, dtypes and placement of what it handed them), the host reads, host tensors meeting device ones,
+    and the figures it recorded, retrieval recall included (computed by the ranks together). Every validation caption is
+    the same, so no validation row has an ITM negative (an identical caption is never a negative). `ACCELERATE_MIXED_PRECISION=fp16` is set as `accelerate launch --mixed_precision fp16` would: fastai's callback
+    owns mixed precision, so Accelerate must not add its own (each rank saves what its `Accelerator` was told)."""
+    import os, shutil
     from fastai.callback.core import Callback
+    from fastai.distributed import DistributedTrainer
     from bitgen.learner import unwrap, CheckpointCallback
+    from tests.tracing import DeviceTracer
+    os.environ['ACCELERATE_MIXED_PRECISION'] = 'fp16'
+    seen = {}
     class KeepFirst(Callback):
         order = CheckpointCallback.order + 1   # after the epoch's checkpoint is written
+        def before_train(self):
+            seen['accelerate'] = [(cb.accelerator.mixed_precision, cb.accelerator.native_amp) for cb in self.learn.cbs
+                                  if isinstance(cb, DistributedTrainer)]
         def after_epoch(self):
             if self.epoch == 0 and rank == 0: shutil.copytree(f"{out_dir}/full/models/latest", f"{out_dir}/part/models/latest")
             if self.epoch == 0 and world > 1: torch.distributed.barrier()
     fit = lambda learn, **kw: learn.fit_stage1(2, **kw)
-    full = tiny_learner(f"{out_dir}/full", bs, n_train=16)
-    with full.no_bar(), full.no_logging(): fit(full, cbs=[KeepFirst()])
+    full = tiny_learner(f"{out_dir}/full", bs, n_train=16, retrieval=True)
+    for i in full.dls.valid.dataset.ids: full.dls.valid.dataset.captions[i] = ['a red circle']   # no ITM negative in validation
+    with full.no_bar(), full.no_logging(), DeviceTracer(collectives=True) as tr: fit(full, cbs=[KeepFirst()])
+    torch.save({**tr.report(), 'calls': tr.calls, 'accelerate': seen['accelerate'], 'names': list(full.recorder.metric_names),
+                'values': full.recorder.values}, f"{out_dir}/trace{rank}.pt")
     resumed = tiny_learner(f"{out_dir}/part", bs, n_train=16, resume=f"{out_dir}/part/models/latest")
+    for i in resumed.dls.valid.dataset.ids: resumed.dls.valid.dataset.captions[i] = ['a red circle']
     with resumed.no_bar(), resumed.no_logging(): fit(resumed)
     if rank == 0:
         torch.save({'full': unwrap(full.model).state_dict(), 'resumed': unwrap(resumed.model).state_dict()},
