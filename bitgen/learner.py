@@ -985,7 +985,7 @@ def bitgen_train(
     learn.recorder.plot_stage1(); _write_atomic(out/'metrics.png', lambda p: plt.savefig(p, dpi=100, format='png'))
     plt.close('all')
     names = learn.recorder.metric_names[1:-1]
-    hist = [dict(zip(names, map(float, v))) for v in learn.recorder.values]
+    hist = [{k: None if x is None else float(x) for k, x in zip(names, v)} for v in learn.recorder.values]   # None: no value (e.g. ITM accuracy without negatives)
     _write_atomic(out/'metrics.json', lambda p: p.write_text(json.dumps(hist, indent=1)))
     _write_atomic(out/'losses.json', lambda p: p.write_text(json.dumps([float(x) for x in learn.recorder.losses])))   # smoothed, per batch
     if hist and 'i2t_r1' in hist[-1]:

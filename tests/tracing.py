@@ -15,7 +15,7 @@ placement of what it was handed.
 Code that decides by `tensor.is_cpu` whether a host read is free (`bitgen.encoder._reads_on_host`) must be told that it is
 not: `DeviceTracer` patches that one decision.
 """
-import contextlib, weakref
+import contextlib, traceback, weakref
 from unittest import mock
 import torch
 import torch.distributed as dist
@@ -49,10 +49,24 @@ def _device_arg(args, kwargs) -> bool:
 
 class DeviceTracer(TorchFunctionMode):
     "Inside: record host reads of device tensors (`reads`), host tensors mixed with device ones (`mixed`), uploads and collectives"
-    def __init__(self, collectives:bool=False):
+    def __init__(self, collectives:bool=False, # Also record every `torch.distributed` call
+                 where:bool=False, # Also keep the call sites of host reads (`sites`), for debugging
+                 record:bool=True, # Record from the start (else only between `start` and `stop`; tensors are classified throughout)
+                ):
         super().__init__()
-        self.collectives, self.host = collectives, set()   # ids of the tensors made on the host inside
-        self.reads, self.mixed, self.uploads, self.calls = [], [], [], []
+        self.collectives, self.where, self.recording, self.host = collectives, where, record, set()   # host: ids of host-made tensors
+        self.reads, self.mixed, self.uploads, self.calls, self.sites, self.windows = [], [], [], [], [], {}
+
+    def start(self, name:str):
+        "Record from here to `stop`, as window `name`"
+        self.recording, self._window = True, (name, len(self.reads), len(self.mixed), len(self.uploads), len(self.calls))
+
+    def stop(self) -> dict:
+        "End the window: its report (as `report`), also kept in `windows`"
+        name, r, m, u, c = self._window
+        self.recording = False
+        self.windows[name] = rep = self.report(slice(r, None), slice(m, None), slice(u, None), slice(c, None))
+        return rep
 
     def _is_host(self, t) -> bool: return id(t) in self.host
     def _mark_host(self, t):
@@ -63,36 +77,40 @@ class DeviceTracer(TorchFunctionMode):
         kwargs = kwargs or {}
         ts = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, Tensor)]
         dev = [t for t in ts if not self._is_host(t)]
-        if dev and (func in _READS or (func in (Tensor.__getitem__, Tensor.__setitem__) and _bool_index(args))
+        if not self.recording: pass
+        elif dev and (func in _READS or (func in (Tensor.__getitem__, Tensor.__setitem__) and _bool_index(args))
                     or (func is torch.where and len(args) + len(kwargs) == 1)):
             self.reads.append(_name(func))
-        if dev and any(self._is_host(t) and t.ndim > 0 for t in ts) and func is not Tensor.to:
+            if self.where: self.sites.append((_name(func), [f"{f.filename.split('/')[-1]}:{f.lineno} {f.line}" for f in traceback.extract_stack()[-6:-1]]))
+        if self.recording and dev and any(self._is_host(t) and t.ndim > 0 for t in ts) and func is not Tensor.to:
             self.mixed.append((_name(func), [tuple(t.shape) for t in ts if self._is_host(t)]))
         out = func(*args, **kwargs)
         if func in _FACTORIES: host = kwargs.get('device') is None
         elif func is Tensor.to:
             to_dev = _device_arg(args, kwargs)
-            if to_dev and self._is_host(args[0]): self.uploads.append(bool(kwargs.get('non_blocking', False)))
+            if to_dev and self._is_host(args[0]) and self.recording: self.uploads.append(bool(kwargs.get('non_blocking', False)))
             host = self._is_host(args[0]) and not to_dev
         elif func in (Tensor.cpu, Tensor.tolist, Tensor.numpy, Tensor.pin_memory): host = True
         else: host = not dev   # computed from host tensors only (or from none): on the host
-        if host:
-            for o in tree_flatten(out)[0]:
-                if isinstance(o, Tensor): self._mark_host(o)
+        for o in tree_flatten(out)[0]:
+            if not isinstance(o, Tensor): continue
+            if host: self._mark_host(o)
+            else: self.host.discard(id(o))   # e.g. `x.to(device)`, which returns `x` itself when it is already there
         return out
 
     def _record(self, name, fn):
         "A collective that records its name and the (shape, dtype, on-the-host) of every tensor handed to it"
         def call(*args, **kwargs):
             ts = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, Tensor)]
-            self.calls.append((name, [(tuple(t.shape), str(t.dtype).split('.')[-1], self._is_host(t)) for t in ts]))
+            if self.recording: self.calls.append((name, [(tuple(t.shape), str(t.dtype).split('.')[-1], self._is_host(t)) for t in ts]))
             return fn(*args, **kwargs)
         return call
 
     def __enter__(self):
         self._patches = contextlib.ExitStack()
         import bitgen.encoder
-        self._patches.enter_context(mock.patch.object(bitgen.encoder, '_reads_on_host', lambda t: False))   # "not a CPU"
+        if hasattr(bitgen.encoder, '_reads_on_host'):   # (a BitGen before asynchronous checks has no such decision)
+            self._patches.enter_context(mock.patch.object(bitgen.encoder, '_reads_on_host', lambda t: False))   # "not a CPU"
         if self.collectives:
             for n in _COLLECTIVES:
                 if hasattr(dist, n): self._patches.enter_context(mock.patch.object(dist, n, self._record(n, getattr(dist, n))))
@@ -102,9 +120,10 @@ class DeviceTracer(TorchFunctionMode):
         try: return super().__exit__(*exc)
         finally: self._patches.close()
 
-    def report(self) -> dict:
+    def report(self, r=slice(None), m=slice(None), u=slice(None), c=slice(None)) -> dict:
         "What was seen: host reads by op, host tensors mixed with device ones, uploads (and how many blocked), collectives"
         from collections import Counter
-        return dict(reads=dict(Counter(self.reads)), n_reads=len(self.reads), mixed=self.mixed, uploads=len(self.uploads),
-                    blocking_uploads=self.uploads.count(False), collectives=[n for n, _ in self.calls],
-                    host_to_collective=[(n, s) for n, s in self.calls if any(h for *_, h in s)])
+        reads, uploads, calls = self.reads[r], self.uploads[u], self.calls[c]
+        return dict(reads=dict(Counter(reads)), n_reads=len(reads), mixed=self.mixed[m], uploads=len(uploads),
+                    blocking_uploads=uploads.count(False), collectives=[n for n, _ in calls],
+                    host_to_collective=[(n, s) for n, s in calls if any(h for *_, h in s)])
