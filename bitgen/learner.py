@@ -6,10 +6,10 @@ Docs: https://bitgen-ai.github.io/bitgen/learner.html.md"""
 
 # %% auto #0
 __all__ = ['Stage1Adapter', 'stage1_loss', 'unwrap', 'LossTerm', 'RetrievalRecall', 'stage1_metrics', 'stage1_splitter',
-           'stage1_opt', 'NoDecayCallback', 'PostStepCallback', 'NonFiniteLossCallback', 'disk_errors',
-           'atomic_save_dir', 'CheckpointCallback', 'GlobalBatchDL', 'train_device', 'shard_dls', 'SyncCheckCallback',
-           'BitGenMixedPrecision', 'compile_towers', 'BitGenLearner', 'stage1_learner', 'stage1_schedule',
-           'stage1_distrib_kwargs', 'demo_config', 'EpochLineCallback', 'bitgen_train']
+           'stage1_opt', 'NoDecayCallback', 'AccumulateNoSync', 'PostStepCallback', 'NonFiniteLossCallback',
+           'disk_errors', 'atomic_save_dir', 'CheckpointCallback', 'GlobalBatchDL', 'train_device', 'shard_dls',
+           'SyncCheckCallback', 'BitGenMixedPrecision', 'compile_towers', 'BitGenLearner', 'stage1_learner',
+           'stage1_schedule', 'stage1_distrib_kwargs', 'demo_config', 'EpochLineCallback', 'bitgen_train']
 
 # %% ../nbs/11_learner.ipynb #14f6d8b3
 import contextlib, json, math, os, random, shutil, warnings
@@ -151,6 +151,15 @@ class NoDecayCallback(Callback):
         self.learn.opt.set_hyper('wd', [self.learn.opt.hypers[0]['wd'], 0.])
 
 # %% ../nbs/11_learner.ipynb #c026a083
+class AccumulateNoSync(GradientAccumulation):
+    "fastai's `GradientAccumulation`; under DDP the micro-batches before a step run in `no_sync`: gradients are all-reduced once a step"
+    def before_batch(self):   # DDP needs the forward inside `no_sync` too
+        m = self.learn.model
+        self.ctx = m.no_sync() if hasattr(m, 'no_sync') and self.count + find_bs(self.learn.yb) < self.n_acc else None
+        if self.ctx is not None: self.ctx.__enter__()
+    def after_batch(self):   # (after a cancelled batch too)
+        if getattr(self, 'ctx', None) is not None: self.ctx.__exit__(None, None, None); self.ctx = None
+
 class PostStepCallback(Callback):
     "Run `BitGenModel.post_step` after every optimizer step that was taken; count the rows left out of ITM"
     order = 10
@@ -604,7 +613,7 @@ def stage1_learner(dls, # fastai DataLoaders from `coco_dls` / `shapes_dls` (bat
     if push_to_hub is not None:
         from huggingface_hub.utils import validate_repo_id
         validate_repo_id(push_to_hub)
-    if accum > 1: cbs.append(GradientAccumulation(n_acc=accum * dls.train.bs))
+    if accum > 1: cbs.append(AccumulateNoSync(n_acc=accum * dls.train.bs))
     if patience is not None: cbs.append(EarlyStoppingCallback(monitor='valid_loss', patience=patience))
     dev = train_device(dls, device)
     dls.to(dev); model.to(dev)   # fastai's fit moves the model to `dls.device` too: the batches and the model agree

@@ -20,6 +20,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.distributed as dist
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 from transformers import PretrainedConfig, PreTrainedModel, AutoConfig, AutoModel, Dinov2Config, Dinov2Model
@@ -411,12 +412,12 @@ def _global_figures(total:Tensor, # This rank's weighted loss
                     terms:dict, # Its terms and logged figures (detached scalars)
                    ) -> tuple: # (total: the global value with this rank's gradient, the global figures)
     "Every rank's loss and figures as global ones, in one all-reduce: means over ranks, sums for counts, ITM accuracy weighted by its rows"
+    if not (dist.is_available() and dist.is_initialized()): return total, terms   # (a one-rank group reduces too)
     W = world()[1]
-    if W == 1: return total, terms
     names = list(terms)
     v = torch.stack([total.detach().float(), *(terms[k].float() for k in names)])
     if 'itm_acc' in terms: v[1 + names.index('itm_acc')] *= terms['itm_rows']   # correct comparisons, summed below
-    v = all_reduce_mean(v)
+    dist.all_reduce(v); v = v / W   # the means over ranks
     out = dict(zip(names, v[1:]))
     for k in ('itm_dropped', 'itm_rows'):
         if k in out: out[k] = out[k] * W
