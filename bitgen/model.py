@@ -293,7 +293,7 @@ class BitGenModel(BitGenPreTrainedModel):
         "L2-normalised contrastive image features [B, projection_dim] of `ToTensor()` (or uint8) images (`pixel_values`: HF's name; `image_ids`: feature-cache keys)"
         images = _images_arg(images, pixel_values)
         if images is None: raise ValueError("give images (or pixel_values)")
-        return self._image_feats(self._image_stream(self.vision.proj(self.vision.features(images, image_ids))))
+        return self._image_feats(self._image_stream(self.vision(images, image_ids)))
 
 # %% ../nbs/08_model.ipynb #c3564114
 @patch

@@ -216,9 +216,10 @@ class VisionTower(nn.Module):
         return torch.cat([cls, _pool_cells(fmap, self.grid)], 1)
 
     def forward(self, images:Tensor, # [B, 3, H, W]: floats in [0, 1] as `ToTensor()` gives, or uint8 (not normalised)
+                image_ids:Tensor|None=None, # [B] ids of the images (`feature_cache` keys)
                ) -> Tensor: # [B, 1+P, hidden_size], CLS first
         "Projected backbone tokens (CLS + patches) of `images`"
-        return self.proj(self.features(images))
+        return self.proj(self.features(images, image_ids))
 
 # %% ../nbs/04_vision.ipynb #0bd19631
 @functools.lru_cache(maxsize=8)
