@@ -163,13 +163,13 @@ class AccumulateNoSync(GradientAccumulation):
 class PostStepCallback(Callback):
     "Run `BitGenModel.post_step` after every optimizer step that was taken; count the rows left out of ITM"
     order = 10
-    def before_fit(self): self.learn.itm_dropped, self.dropped = 0, 0
+    def before_fit(self): self.learn.itm_dropped, self.dropped, self.cancelled = 0, 0, False
     def after_loss(self):
         if self.training: self.dropped = self.dropped + self.learn.pred['losses']['itm_dropped'].detach()   # read at the end
-    def before_step(self): self.cancelled = False
     def after_cancel_step(self): self.cancelled = True   # e.g. fp16's GradScaler skipped an overflowing step
     def after_step(self):   # fastai runs `after_step` after a cancelled step too: nothing moved, so nothing to count
         if not self.cancelled: unwrap(self.learn.model).post_step()
+        self.cancelled = False
     def after_fit(self):
         self.learn.itm_dropped = int(self.dropped)
         if self.learn.itm_dropped:
@@ -445,6 +445,7 @@ class CheckpointCallback(TrackerCallback):
         if f is not None: f.result()
 
     def after_fit(self):
+        super().after_fit()
         if getattr(self, 'fitting', False): self._wait_push()   # the last epoch's upload is done when the fit returns
 
 # %% ../nbs/11_learner.ipynb #e5f6a7b8

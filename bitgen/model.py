@@ -34,7 +34,7 @@ from .vision import VisionTower, dinov2_small_config, cnn_backbones
 from .fusion import FIBERFusion, GatedCrossAttention, fused_encode
 from .memory import GPM, solve_dtype
 from .losses import Stage1Loss, FeatureQueue, itc_loss, sample_hard_negatives, caption_keys, queue_caption_keys, itm_loss, itm_accuracy, recon_inputs_targets
-from .losses import world, gather_rows, all_gather_rows, all_reduce_mean, rank_sizes, batch_rows
+from .losses import world, gather_rows, all_gather_rows, rank_sizes, batch_rows
 
 # %% ../nbs/08_model.ipynb #232a594d
 class BitGenConfig(PretrainedConfig):
@@ -428,7 +428,7 @@ def _global_figures(total:Tensor, # This rank's weighted loss
 @patch
 def _stage1_loss(self:BitGenModel, input_ids, attention_mask, images, image_ids):
     "All Stage-1 terms for one batch; returns (total, terms and logged figures, text/image feats and states, ITM logits)"
-    c, B = self.config, input_ids.shape[0]
+    B = input_ids.shape[0]
     if self.training:
         self._forwards_since_step += 1
         if self._forwards_since_step > 64 and not self._warned_post_step:

@@ -9,7 +9,7 @@ Docs: https://bitgen-ai.github.io/bitgen/vision.html.md"""
 __all__ = ['dinov2_small_config', 'cnn_backbones', 'VisionTower', 'FeatureCache']
 
 # %% ../nbs/04_vision.ipynb #bfa32e11
-import functools, hashlib, math, os, warnings
+import functools, hashlib, os, warnings
 from collections import OrderedDict
 import torch
 import torch.nn as nn
@@ -323,4 +323,4 @@ def cache_bytes(self:VisionTower, image_size:int, # Side of the square images
                 dtype:torch.dtype=torch.float16, # Storage dtype
                ) -> int:
     "Bytes `feature_cache` holds for one image: (1 + patches) tokens of `backbone_dim` values"
-    return (1 + self.num_patches(image_size, image_size)) * self.backbone_dim * torch.empty((), dtype=dtype).element_size()
+    return (1 + self.num_patches(image_size, image_size)) * self.backbone_dim * dtype.itemsize

@@ -15,7 +15,7 @@ placement of what it was handed.
 Code that decides by `tensor.is_cpu` whether a host read is free (`bitgen.encoder._reads_on_host`) must be told that it is
 not: `DeviceTracer` patches that one decision.
 """
-import contextlib, traceback, weakref
+import contextlib, weakref
 from unittest import mock
 import torch
 import torch.distributed as dist
@@ -50,12 +50,11 @@ def _device_arg(args, kwargs) -> bool:
 class DeviceTracer(TorchFunctionMode):
     "Inside: record host reads of device tensors (`reads`), host tensors mixed with device ones (`mixed`), uploads and collectives"
     def __init__(self, collectives:bool=False, # Also record every `torch.distributed` call
-                 where:bool=False, # Also keep the call sites of host reads (`sites`), for debugging
                  record:bool=True, # Record from the start (else only between `start` and `stop`; tensors are classified throughout)
                 ):
         super().__init__()
-        self.collectives, self.where, self.recording, self.host = collectives, where, record, set()   # host: ids of host-made tensors
-        self.reads, self.mixed, self.uploads, self.calls, self.sites, self.windows = [], [], [], [], [], {}
+        self.collectives, self.recording, self.host = collectives, record, set()   # host: ids of host-made tensors
+        self.reads, self.mixed, self.uploads, self.calls, self.windows = [], [], [], [], {}
 
     def start(self, name:str):
         "Record from here to `stop`, as window `name`"
@@ -81,7 +80,6 @@ class DeviceTracer(TorchFunctionMode):
         elif dev and (func in _READS or (func in (Tensor.__getitem__, Tensor.__setitem__) and _bool_index(args))
                     or (func is torch.where and len(args) + len(kwargs) == 1)):
             self.reads.append(_name(func))
-            if self.where: self.sites.append((_name(func), [f"{f.filename.split('/')[-1]}:{f.lineno} {f.line}" for f in traceback.extract_stack()[-6:-1]]))
         if self.recording and dev and any(self._is_host(t) and t.ndim > 0 for t in ts) and func is not Tensor.to:
             self.mixed.append((_name(func), [tuple(t.shape) for t in ts if self._is_host(t)]))
         out = func(*args, **kwargs)
