@@ -141,7 +141,9 @@ def embed_parser() -> argparse.ArgumentParser:
         ('--tokenizer', str, "tokenizer: Hub name or folder (default: the one bitgen-export wrote beside the packed "
                              "file, PACKED.tokenizer/)"),
         ('--img-size', int, "images are resized to IMG_SIZE x IMG_SIZE pixels (default: the size the model was trained at)"),
-        ('--out', str, "write the features to this .npy FILE instead of printing them"))
+        ('--out', str, "write the features to this .npy FILE instead of printing them"),
+        ('--kernel', str, "ternary product: int8, float (codes decoded to float32) or auto (the faster on this CPU; "
+                          "default: auto)"))
     p.add_argument('--size', dest='img_size', type=int, action=_Deprecated, new='--img-size', help=argparse.SUPPRESS)
     return p
 

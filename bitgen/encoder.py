@@ -192,12 +192,13 @@ def _shared_input_linears(self:Block) -> list:
 @patch
 def _fuse(self:Block, lins:list) -> tuple:
     "`FusedBitLinears` of (q, k, v) behind `norm1` and (up,) behind `norm2`, cached until a tensor they are made of changes"
-    ts = [t for l in lins for k in ('codes', 'h', 'eps_t', 'bias') if (t := l._buffers[k]) is not None]
-    ts += [self._modules[k]._parameters['weight'] for k in ('norm1', 'norm2')]
-    c = getattr(self, '_fused_cache', None)
-    if c is None or len(c[0]) != len(ts) or not all(a is b and v == b._version for (a, v), b in zip(c[0], ts)):
+    ts = lambda: [t for l in lins for k in ('codes', 'h', 'eps_t', 'bias') if (t := l._buffers[k]) is not None] + \
+                 [self._modules[k]._parameters['weight'] for k in ('norm1', 'norm2')]
+    c, now = getattr(self, '_fused_cache', None), ts()
+    if c is None or len(c[0]) != len(now) or not all(a is b and v == b._version for (a, v), b in zip(c[0], now)):
         with torch.inference_mode(False), torch.no_grad():   # ordinary tensors, usable outside inference mode too
-            c = [(t, t._version) for t in ts], (FusedBitLinears(lins[:3], self.norm1), FusedBitLinears(lins[3:], self.norm2))
+            f = FusedBitLinears(lins[:3], self.norm1), FusedBitLinears(lins[3:], self.norm2)
+        c = [(t, t._version) for t in ts()], f   # after fusing: a shared quantiser makes the layers' codes views of its matrix
         self._fused_cache = c   # a plain attribute: derived, not part of the state dict
     return c[1]
 

@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 from safetensors import safe_open, SafetensorError
 from safetensors.torch import save as safetensors_bytes
 from .quant import pack_ternary
-from .bitlinear import BitLinear, PackedBitLinear
+from .bitlinear import BitLinear, PackedBitLinear, use_kernel, _check_kernel
 from .encoder import fuse_blocks
 from .model import BitGenConfig, BitGenModel
 from .fusion import fused_encode
@@ -131,16 +131,24 @@ class Int8Embedding(nn.Module):
     def extra_repr(self): return f"{self.num_embeddings}, {self.embedding_dim}, int8"
 
 class Int8TiedHead(nn.Module):
-    "Output layer tied to an `Int8Embedding`: logits `x @ (weight * weight_scale).T`, with no float copy of the matrix"
-    def __init__(self, emb:Int8Embedding):
+    "Output layer tied to an `Int8Embedding`: logits `x @ (weight * weight_scale).T` by an int8-weight kernel, or a float one"
+    def __init__(self, emb:Int8Embedding,
+                 kernel:str='int8', # 'int8': no float copy of the matrix; 'float': its codes decoded to float32 at the first call
+                ):
         super().__init__()
-        self.in_features, self.out_features = emb.embedding_dim, emb.num_embeddings
+        self.in_features, self.out_features, self.kernel = emb.embedding_dim, emb.num_embeddings, kernel
         object.__setattr__(self, 'emb', emb)   # a plain reference, not a submodule: the tensors are stored (and saved) once
+        self._float = None   # (codes tensor, its version, float32 codes): the 'float' kernel's cache
 
     def forward(self, x:Tensor) -> Tensor:
         e = self.emb
         if not x.is_cpu: return F.linear(x, e.dequantized().to(x.dtype))
-        y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features).float().contiguous(), e.weight, e.weight_scale.view(-1))
+        x2 = x.reshape(-1, self.in_features).float().contiguous()
+        if self.kernel == 'float':   # decoded once, when first used: feature extraction, which never calls the head, never pays it
+            if self._float is None or self._float[0] is not e.weight or self._float[1] != e.weight._version:
+                self._float = (e.weight, e.weight._version, e.weight.float())
+            y = torch.mm(x2, self._float[2].t()).mul_(e.weight_scale.view(-1))
+        else: y = torch._weight_int8pack_mm(x2, e.weight, e.weight_scale.view(-1))
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
 class Fp16Linear(nn.Linear):
@@ -152,7 +160,7 @@ class Fp16Linear(nn.Linear):
 def _packed(lin:nn.Module, fmt:str) -> PackedBitLinear:
     if isinstance(lin, BitLinear): return PackedBitLinear.from_bitlinear(lin, fmt)
     new = PackedBitLinear(lin.in_features, lin.out_features, bias=lin.bias is not None, fmt=fmt, eps=lin.eps)
-    new.load_state_dict({**lin.state_dict(), 'packed': pack_ternary(lin.codes.cpu(), fmt)})
+    new.load_state_dict({**lin.state_dict(), 'packed': pack_ternary(lin.codes.cpu().to(torch.int8), fmt)})   # either kernel's codes
     return new
 
 def _float_state(model:nn.Module, keep) -> dict:
@@ -244,8 +252,10 @@ _STORED_MIN = 2 ** 16   # linears with at least this many fp16 weights keep them
 
 def load_packed(path, # A file written by `export_packed` (or `bitgen-export`)
                 fuse:bool=True, # Run each transformer block's q/k/v and FFN up projection fused (`fuse_blocks`)
+                kernel:str='auto', # The ternary product: 'int8', 'float' (codes decoded once to float32), 'auto': the faster here
                ) -> BitGenModel: # Inference-only model on the CPU, in eval mode, every BitLinear a `PackedBitLinear`
     "Build an inference-only `BitGenModel` on the CPU from a packed file alone, its weights held as the file stores them"
+    _check_kernel(kernel)
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"no packed file at {str(path)!r}")
     meta, tensors = _read(path)
@@ -274,6 +284,9 @@ def load_packed(path, # A file written by `export_packed` (or `bitgen-export`)
         for n, b in mod.named_buffers(recurse=False):
             if b.is_meta: setattr(mod, n, torch.zeros(b.shape, dtype=b.dtype))
     model.vision.init_buffers()
+    kernel = use_kernel(model, kernel)   # see `pick_kernel`: timed once a process on the model's layer shapes
+    for m in model.modules():
+        if isinstance(m, Int8TiedHead): m.kernel = kernel
     if fuse: fuse_blocks(model)
     return model.requires_grad_(False).eval()
 
@@ -331,7 +344,7 @@ class _GraphPacked(nn.Module):
     def __init__(self, lin:PackedBitLinear, fmt:str):
         super().__init__()
         self.lin, self.fmt = lin, fmt
-        self.register_buffer('packed', pack_ternary(lin.codes.cpu(), fmt))
+        self.register_buffer('packed', pack_ternary(lin.codes.cpu().to(torch.int8), fmt))
         self.register_buffer('digits', torch.tensor(_DIGITS[fmt], dtype=torch.int32))
 
     def forward(self, x:Tensor) -> Tensor:
@@ -556,6 +569,7 @@ def bitgen_embed(packed_file:str, # A file written by `bitgen-export` / `export_
                  tokenizer:str=None, # Tokenizer name or folder (default: the one `bitgen-export` wrote beside the file)
                  img_size:int=None, # Images are resized to img_size x img_size pixels (default: the size the model was trained at)
                  out:str=None, # Write the features to this .npy file instead of printing them
+                 kernel:str='auto', # Ternary product: int8, float (codes decoded to float32) or auto (the faster on this CPU)
                  size:int=None, # Deprecated spelling of `img_size`
                 ) -> np.ndarray: # The L2-normalised feature vector [projection_dim]
     "Contrastive features of one image or one caption, computed on the CPU from a packed file"
@@ -564,7 +578,7 @@ def bitgen_embed(packed_file:str, # A file written by `bitgen-export` / `export_
         img_size = img_size or size
     if (image is None) == (caption is None):
         raise ValueError(f"give exactly one of --image or --caption, got image={image!r}, caption={caption!r}")
-    model = load_packed(packed_file)
+    model = load_packed(packed_file, kernel=kernel)
     if caption is not None and tokenizer is None:
         if not (tokenizer := packed_tokenizer_dir(packed_file)).is_dir():
             raise ValueError(f"no tokenizer beside {packed_file} (looked for {tokenizer}/, which bitgen-export writes): "
