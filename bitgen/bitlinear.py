@@ -181,7 +181,9 @@ def linear(self:PackedBitLinear, x:Tensor, # Activations (..., in_features)
     u = x * self.h                                                     # (..., in): gain and gamma/127 folded in
     s = torch.add(_TINY, u.abs().amax(-1, keepdim=True), alpha=1 / 127)   # (..., 1): the step m / 127 (+1e-30: all-zero token -> 0)
     q = u.div_(s).round_().reshape(-1, self.in_features)              # int8 codes in [-127, 127] (as floats)
-    if codes.dtype == torch.int8 and q.is_cpu: acc = torch._int_mm(q.to(torch.int8), codes.t())  # 'int8' kernel: exact int32
+    if codes.dtype == torch.int8 and q.is_cpu:
+        if codes is self.codes and self.__dict__.get('_kernel') == 'u8s8': acc = _u8s8_mm(q, self._u8s8_weights())   # exact
+        else: acc = torch._int_mm(q.to(torch.int8), codes.t())          # 'int8' kernel: exact int32
     else: acc = _exact_mm(q, codes.t())   # 'float' kernel (and off the CPU): exact in fp32 (|sums| <= 127 in < 2^24)
     vn = torch.linalg.vector_norm(x.float(), 2, -1, True)            # r^2 = |x|^2 / n + eps
     f = torch.addcmul(self.eps_t, vn, vn, value=1 / (127**2 * self.in_features)).rsqrt_().mul_(s)   # (127 / r) (m / 127)
@@ -238,10 +240,10 @@ def max_rel_err(a:Tensor, b:Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
 
 # %% ../nbs/01_bitlinear.ipynb #k1a0c0d2
-import functools, os, platform, statistics, time
+import functools, os, platform, statistics, time, warnings
 from collections import Counter
 
-KERNELS = ('auto', 'int8', 'float')
+KERNELS = ('auto', 'int8', 'u8s8', 'float')
 _INT8_FLAGS = ('avx512_vnni', 'avx_vnni', 'amx_int8', 'asimddp', 'i8mm')   # x86 VNNI / AMX, ARM dot product / int8 matmul
 
 def _check_kernel(kernel):
@@ -259,25 +261,49 @@ def _cpu_facts() -> dict:
             if line.lower().startswith(('flags', 'features')): flags = set(line.split(':', 1)[1].split()); break
     except OSError: pass   # not Linux: the timing decides alone
     return dict(capability=torch.backends.cpu.get_cpu_capability(), int8_flags=sorted(flags & set(_INT8_FLAGS)),
-                machine=platform.machine())
+                machine=platform.machine(), quantized_engine=torch.backends.quantized.engine)
+
+def _prepack(codes:Tensor):
+    "int8 codes [out, in] prepacked for PyTorch's quantized engine (FBGEMM on x86, QNNPACK on ARM): weight scale 1, zero point 0"
+    with warnings.catch_warnings():   # quantized tensors are deprecated in PyTorch: where they are gone, `_u8s8_works` is False
+        warnings.simplefilter('ignore', UserWarning)
+        return torch.ops.quantized.linear_prepack(torch._make_per_tensor_quantized_tensor(codes.contiguous(), 1.0, 0), None)
+
+def _u8s8_mm(q:Tensor, packed) -> Tensor:
+    "`q @ codes.T` for integer-valued float32 `q` (2-d): fed as uint8 `q + 128` with zero point 128, exact sums as float32"
+    return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(q, 1.0, 128, packed)
 
 @patch(as_prop=True)
 def kernel(self:PackedBitLinear) -> str:
-    "The product this layer runs: 'int8' (`torch._int_mm` of its int8 codes, on the CPU) or 'float' (a float32 matmul)"
-    return 'int8' if self.codes.dtype == torch.int8 and self.codes.device.type == 'cpu' else 'float'
+    "The product this layer runs on the CPU: 'int8' (`torch._int_mm`), 'u8s8' (the quantized engine) or 'float' (float32 matmul)"
+    if self.codes.dtype != torch.int8 or self.codes.device.type != 'cpu': return 'float'
+    return self.__dict__.get('_kernel', 'int8')
 
 @patch
-def set_kernel(self:PackedBitLinear, kernel:str, # 'int8': codes held as int8; 'float': decoded once into float32
+def set_kernel(self:PackedBitLinear, kernel:str, # 'int8', 'u8s8' (codes held as int8, and prepacked), 'float' (decoded once to float32), 'auto'
               ) -> PackedBitLinear: # The layer itself
-    "Hold this layer's codes for `kernel` (the output does not change: both products are exact)"
+    "Hold this layer's codes for `kernel` (the output does not change: every product is exact)"
     _check_kernel(kernel)
     if kernel == 'auto': kernel = pick_kernel([(self.in_features, self.out_features)], device=self.codes.device)
-    dt = torch.int8 if kernel == 'int8' else torch.float32
+    dt = torch.float32 if kernel == 'float' else torch.int8
     if self.codes.dtype != dt: self.codes = self.codes.to(dt)
+    self.__dict__['_kernel'], self.__dict__['_prepacked'] = kernel, None
     return self
 
+@patch
+def _u8s8_weights(self:PackedBitLinear):
+    "The prepacked codes of the 'u8s8' kernel, made at the first call and again whenever the codes change"
+    c, p = self.codes, self.__dict__.get('_prepacked')
+    if p is None or p[0] is not c or p[1] != c._version: self.__dict__['_prepacked'] = p = (c, c._version, _prepack(c))
+    return p[2]
+
+@patch
+def __getstate__(self:PackedBitLinear):
+    "Pickled / deep-copied without the prepacked weights (an engine object, rebuilt from the codes at the next call)"
+    return {k: v for k, v in nn.Module.__getstate__(self).items() if k != '_prepacked'}
+
 # %% ../nbs/01_bitlinear.ipynb #k1a0c0d3
-_CHOICES = {}   # (facts, threads, shapes, tokens) -> timing: one decision per process and set of shapes
+_CHOICES = {}   # (capability, threads, shapes, tokens) -> timing: one decision per process and set of shapes
 
 def _median_us(f, reps:int) -> float:
     f()   # warm-up: first-call allocation and dispatch
@@ -285,28 +311,40 @@ def _median_us(f, reps:int) -> float:
     for _ in range(reps): t0 = time.perf_counter(); f(); ts.append(time.perf_counter() - t0)
     return statistics.median(ts) * 1e6
 
+@functools.cache
+def _u8s8_works() -> bool:
+    "Whether this PyTorch's quantized engine runs the 'u8s8' product here, with exact sums (checked once)"
+    try:
+        g = torch.Generator().manual_seed(0)
+        q, w = torch.randint(-127, 128, (5, 64), generator=g).float(), torch.randint(-1, 2, (24, 64), generator=g).to(torch.int8)
+        return torch.equal(_u8s8_mm(q, _prepack(w)), q @ w.float().t())
+    except (RuntimeError, NotImplementedError, AttributeError): return False
+
 def time_kernels(shapes, # (in_features, out_features) of the layers, repeated as often as the model has them
                  tokens=(16, 64), # Rows of the activations to time at, shortest first
                  reps:int=3, # Timed calls of each product, per shape and token count (median)
-                ) -> dict: # {'int8': us, 'float': us} summed over the layers, and 'tokens' timed
-    "Time the int8 and the float product on `shapes`; stop after a token count where one is over twice as fast"
-    g, total, done = torch.Generator().manual_seed(0), {'int8': 0., 'float': 0.}, []
+                ) -> dict: # {kernel: us summed over the layers}, and 'tokens' timed
+    "Time every exact product this machine runs on `shapes`; stop after a token count where the fastest is over twice the next"
+    g, done = torch.Generator().manual_seed(0), []
+    total = dict.fromkeys(('int8', 'u8s8', 'float') if _u8s8_works() else ('int8', 'float'), 0.)
     for T in tokens:
         for (k, n), count in Counter(map(tuple, shapes)).items():
             q8, w8 = torch.randint(-127, 128, (T, k), dtype=torch.int8, generator=g), torch.randint(-1, 2, (n, k), generator=g).to(torch.int8)
             qf, wf = q8.float(), w8.float()
-            total['int8'] += count * _median_us(lambda: torch._int_mm(q8, w8.t()), reps)
-            total['float'] += count * _median_us(lambda: torch.mm(qf, wf.t()), reps)
+            fns = dict(int8=lambda: torch._int_mm(q8, w8.t()), float=lambda: torch.mm(qf, wf.t()))
+            if 'u8s8' in total: fns['u8s8'] = functools.partial(_u8s8_mm, qf, _prepack(w8))
+            for name, f in fns.items(): total[name] += count * _median_us(f, reps)
         done.append(T)
-        if max(total.values()) > 2 * min(total.values()): break
+        best, second = sorted(total.values())[:2]
+        if second > 2 * best: break
     return total | {'tokens': done}
 
 def pick_kernel(shapes, # (in_features, out_features) of the layers to run
                 tokens=(16, 64), # Rows to time at (see `time_kernels`)
                 device='cpu', # Off the CPU the answer is 'float'
                 details:bool=False, # Also return the timing and the CPU's facts
-               ): # 'int8' or 'float' (with `details`: (kernel, dict))
-    "The faster exact product for `shapes` on this CPU: 'int8' unless the float one is faster (timed once a process); `BITGEN_KERNEL` overrides"
+               ): # 'int8', 'u8s8' or 'float' (with `details`: (kernel, dict))
+    "The fastest exact product for `shapes` on this CPU (timed once a process; a tie goes to the leaner); `BITGEN_KERNEL` overrides"
     forced = os.environ.get('BITGEN_KERNEL', 'auto')
     _check_kernel(forced)
     facts = cpu_facts()
@@ -318,12 +356,12 @@ def pick_kernel(shapes, # (in_features, out_features) of the layers to run
         if key not in _CHOICES:
             with torch.inference_mode(): _CHOICES[key] = time_kernels(shapes, tokens)
         info = _CHOICES[key] | dict(reason='timed', threads=key[1])
-        kernel = 'int8' if info['int8'] <= info['float'] else 'float'
+        kernel = min((k for k in ('int8', 'u8s8', 'float') if k in info), key=lambda k: info[k])   # in order of memory: ties to the leaner
     info |= facts | dict(kernel=kernel)
     return (kernel, info) if details else kernel
 
 def use_kernel(module:nn.Module, # A model or any module holding `PackedBitLinear`s (in place)
-               kernel:str='auto', # 'auto' (`pick_kernel` on the layers' shapes), 'int8' or 'float'
+               kernel:str='auto', # 'auto' (`pick_kernel` on the layers' shapes), 'int8', 'u8s8' or 'float'
                tokens=(16, 64), # Rows `pick_kernel` times at
               ) -> str: # The kernel the layers now run
     "Set every `PackedBitLinear` of `module` to one kernel"
@@ -383,7 +421,9 @@ class FusedBitLinears:
             raise ValueError(f"expected PackedBitLinears, got {[type(l).__name__ for l in layers]}")
         if len({(l.in_features, l.out_features) for l in layers}) > 1:
             raise ValueError(f"fused layers need one shape, got {[(l.in_features, l.out_features) for l in layers]}")
+        if len({l.kernel for l in layers}) > 1: raise ValueError(f"fused layers need one kernel, got {[l.kernel for l in layers]}")
         n, d, dev = len(layers), layers[0].in_features, layers[0].h.device
+        self.kernel = layers[0].kernel
         self.n, self.in_features, self.out_features = n, d, layers[0].out_features
         g0 = norm.weight.detach().float() if norm is not None and norm.weight is not None else torch.ones(d, device=dev)
         G = torch.stack([g0 * l.h for l in layers])                             # (n, in): each layer's folded gain
@@ -393,7 +433,12 @@ class FusedBitLinears:
             self.G, W = G[0], torch.cat([l.codes for l in layers])                       # (in,), [n*out, in]
             for i, l in enumerate(layers): l.codes = W[i * self.out_features:(i + 1) * self.out_features]   # held once: views
             self.codes_t = W.t()                                                 # (in, n*out)
-        else: self.G, self.codes_t, c = G[:, None, :], [l.codes.t() for l in layers], torch.ones(n, device=dev)  # (n, 1, in)
+            self.prepacked = [_prepack(W)] if self.kernel == 'u8s8' else None
+        else:
+            self.G, W, c = G[:, None, :], torch.stack([l.codes for l in layers]), torch.ones(n, device=dev)   # (n, 1, in), [n, out, in]
+            for i, l in enumerate(layers): l.codes = W[i]                       # held once: views
+            self.codes_t = W.transpose(1, 2)                                     # (n, in, out)
+            self.prepacked = [_prepack(w) for w in W] if self.kernel == 'u8s8' else None
         # arg_i = (mean(z^2) + eps_i (mean(x^2) + eps0)) / (127 c_i)^2 = mean(z^2) k_i + mean(x^2) eps_i k_i + e_i
         # (without a norm: z = x and the middle term goes, eps0 -> 1)
         eps = torch.tensor([l.eps for l in layers], device=dev)
@@ -416,15 +461,18 @@ def stacked(self:FusedBitLinears, x:Tensor, # The shared input (..., in_features
     "The layers' outputs on `x` (behind the folded norm), side by side"
     lead, x2 = x.shape[:-1], x.reshape(-1, self.in_features).float()          # (T, in)
     u = x2 * self.G                                                            # (T, in) shared, else (n, T, in)
-    s = torch.add(_TINY, u.abs().amax(-1, keepdim=True), alpha=1 / 127)       # the quantiser's step M / 127, per token
+    s = torch.add(_TINY, u.abs().amax(-1, keepdim=True), alpha=1 / 127)   # the quantiser's step M / 127, per token
     q = u.div_(s).round_()                                                     # int8 codes in [-127, 127] (as floats)
-    cpu = q.is_cpu and (self.codes_t if self.shared else self.codes_t[0]).dtype == torch.int8
-    if self.shared: acc = (torch._int_mm(q.to(torch.int8), self.codes_t) if cpu else _exact_mm(q, self.codes_t)).view(-1, self.n, self.out_features)
+    cpu = q.is_cpu and self.codes_t.dtype == torch.int8                        # the 'int8' or 'u8s8' kernel
+    if cpu and self.prepacked is not None:                                     # 'u8s8'
+        acc = (_u8s8_mm(q, self.prepacked[0]) if self.shared else torch.stack([_u8s8_mm(qi, w) for qi, w in zip(q, self.prepacked)], 1))
+        acc = acc.view(-1, self.n, self.out_features)
+    elif self.shared: acc = (torch._int_mm(q.to(torch.int8), self.codes_t) if cpu else _exact_mm(q, self.codes_t)).view(-1, self.n, self.out_features)
     elif cpu:
         q, acc = q.to(torch.int8), torch.empty(self.n, x2.shape[0], self.out_features, dtype=torch.int32, device=x.device)
-        for i, w in enumerate(self.codes_t): torch._int_mm(q[i], w, out=acc[i])
+        for i in range(self.n): torch._int_mm(q[i], self.codes_t[i], out=acc[i])
         acc = acc.transpose(0, 1)                                              # (T, n, out)
-    else: acc = torch.stack([_exact_mm(q[i], w) for i, w in enumerate(self.codes_t)], 1)
+    else: acc = _exact_mm(q, self.codes_t).transpose(0, 1)                     # one batched float product: (n, T, out) -> (T, n, out)
     # the means as reductions, not as a matrix product: exact float32 whatever TF32 / matmul-precision setting is on
     sq = x2 * x2
     b = sq.mean(-1, keepdim=True)                                              # (T, 1): mean(x^2)

@@ -286,7 +286,7 @@ def load_packed(path, # A file written by `export_packed` (or `bitgen-export`)
     model.vision.init_buffers()
     kernel = use_kernel(model, kernel)   # see `pick_kernel`: timed once a process on the model's layer shapes
     for m in model.modules():
-        if isinstance(m, Int8TiedHead): m.kernel = kernel
+        if isinstance(m, Int8TiedHead): m.kernel = 'int8' if kernel == 'int8' else 'float'   # int8 weights pay only with fast int8
     if fuse: fuse_blocks(model)
     return model.requires_grad_(False).eval()
 
